@@ -1,0 +1,1 @@
+"""Backends: one seam (base.Backend), several implementations, built from a role spec."""

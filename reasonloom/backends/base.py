@@ -1,0 +1,115 @@
+"""The one Backend seam (DESIGN.md, "The seams"): everything above it is backend-agnostic."""
+from __future__ import annotations
+
+import abc
+from typing import AsyncIterator, Sequence
+
+from pydantic import BaseModel, Field
+
+from reasonloom.orchestrator.types import FrozenModel, Message
+
+
+class TokenLogprob(FrozenModel):
+    """One token's log-prob and, when asked for, the top-k alternatives at its position."""
+
+    token: str
+    logprob: float
+    top: tuple[float, ...] = ()   # the top-k log-probs at this position, best first
+
+
+class GenerateRequest(FrozenModel):
+    messages: tuple[Message, ...]
+    n: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)   # top-k per generated token
+    assistant_prefix: str | None = None                # continue a partially written answer
+
+
+class Sample(BaseModel):
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+class Generation(BaseModel):
+    samples: list[Sample]
+    prompt_tokens: int
+    cached_prompt_tokens: int | None = None   # engine prefix-cache hits, where known
+    served_by: str | None = None              # which server or replica answered
+    model: str = ""
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.samples)
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.samples]
+
+
+class Delta(BaseModel):
+    """A streamed piece: text of sample `index`; the last one carries `usage`."""
+
+    index: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
+
+
+class Capabilities(FrozenModel):
+    n: bool = True
+    logprobs: bool = True
+    prompt_logprobs: bool = True
+    continue_final_message: bool = True
+    context_length: int | None = None
+    steering: bool = False
+    tokenize: bool = True
+
+
+class Backend(abc.ABC):
+    """A model server or engine. A backend that cannot do something raises CapabilityMissing."""
+
+    name: str = "backend"
+    model: str = ""
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abc.abstractmethod
+    async def generate(self, req: GenerateRequest) -> Generation: ...
+
+    @abc.abstractmethod
+    def stream(self, req: GenerateRequest) -> AsyncIterator[Delta]: ...
+
+    @abc.abstractmethod
+    async def prompt_logprobs(self, messages: Sequence[Message], text: str,
+                              top_k: int = 0) -> list[TokenLogprob]: ...
+
+    async def tokenize(self, text: str) -> list[int]:
+        from reasonloom.backends.errors import CapabilityMissing
+
+        raise CapabilityMissing(f"{self.name}: tokenize is not supported")
+
+    def estimate_tokens(self, text: str) -> int:
+        """Cheap upper-ish estimate used only for budget reservations before a call."""
+        return len(text) // 3 + 1
+
+    def config_hash(self) -> str:
+        """Engine-configuration hash that enters cache keys (model id + engine args)."""
+        return self.model
+
+    async def aclose(self) -> None:
+        return None
+
+
+def token_confidence(top: Sequence[float]) -> float:
+    """Squeeze Evolve's token confidence: the negated mean of its top-k log-probs."""
+    return -sum(top) / len(top) if top else 0.0

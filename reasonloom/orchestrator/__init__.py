@@ -1,0 +1,1 @@
+"""The DAG runtime: types, registry, graph, scheduler, ledger, budget, events, cache."""

@@ -1,0 +1,100 @@
+"""The opt-in call cache and run state: one SQLite file per run under $REASONLOOM_HOME/runs/.
+
+Key = role's model id + engine-config hash + full request + sample index + seed, so a
+different engine or a different sample never reads another's result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+CacheMode = Literal["off", "read_write", "replay"]
+
+
+def reasonloom_home() -> Path:
+    return Path(os.environ.get("REASONLOOM_HOME", Path.home() / ".cache" / "reasonloom"))
+
+
+def runs_dir() -> Path:
+    path = reasonloom_home() / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_key(model_id: str, config_hash: str, request: dict[str, Any], sample_index: int,
+              seed: int | None) -> str:
+    body = json.dumps({"model": model_id, "engine": config_hash, "request": request,
+                       "sample": sample_index, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class CacheMiss(Exception):
+    """Replay mode met a call it has no record of."""
+
+
+class RunStore:
+    """SQLite file holding the call cache and finished node outputs of one run.
+
+    Every write is its own committed transaction, so a killed process leaves a consistent file.
+    """
+
+    def __init__(self, path: Path, mode: CacheMode = "read_write"):
+        self.path = Path(path)
+        self.mode = mode
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS node_outputs (node TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+
+    @classmethod
+    def for_run(cls, run_id: str, mode: CacheMode = "read_write") -> "RunStore":
+        return cls(runs_dir() / f"{run_id}.sqlite", mode)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM calls WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        if self.mode == "replay":
+            return
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?)",
+                             (key, json.dumps(value)))
+
+    def put_node_output(self, node: str, value: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO node_outputs VALUES (?, ?)",
+                             (node, json.dumps(value)))
+
+    def node_outputs(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT node, value FROM node_outputs").fetchall()
+        return {node: json.loads(value) for node, value in rows}
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                             (key, json.dumps(value)))
+
+    def get_meta(self, key: str) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def count_calls(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

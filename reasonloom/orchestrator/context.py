@@ -1,0 +1,291 @@
+"""RunContext: what a node sees. Every model call goes through it, so the ledger, budget,
+cache, throttles, retries and events come for free; strategies never retry or sleep."""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Sequence
+
+from reasonloom.backends.base import Delta, Generation, GenerateRequest, Sample, TokenLogprob
+from reasonloom.backends.errors import BackendError, StreamCut
+from reasonloom.orchestrator.budget import Budget, BudgetExceeded
+from reasonloom.orchestrator.cache import CacheMiss, RunStore, cache_key
+from reasonloom.orchestrator.events import EventBus
+from reasonloom.orchestrator.ledger import CallRecord, Ledger
+from reasonloom.orchestrator.roles import Role, Roles
+from reasonloom.orchestrator.seeds import derive_seed
+from reasonloom.orchestrator.types import Answer, Message
+
+
+@dataclass
+class RunState:
+    """Shared by every node of one run."""
+
+    run_id: str
+    seed: int
+    roles: Roles
+    ledger: Ledger = field(default_factory=Ledger)
+    budget: Budget = field(default_factory=Budget)
+    events: EventBus = field(default_factory=EventBus)
+    store: RunStore | None = None          # None = cache off
+    best: Answer | None = None             # the best answer any strategy has published
+    retry_rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+
+class PartialStream:
+    """Partial values a producer publishes on one port, then its final value."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.done = False
+        self._changed = asyncio.Event()
+
+    def publish(self, value: Any, final: bool = False) -> None:
+        self.values.append(value)
+        self.done = self.done or final
+        self._changed.set()
+
+    def close(self) -> None:
+        self.done = True
+        self._changed.set()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        seen = 0
+        while True:
+            while seen < len(self.values):
+                seen += 1
+                yield self.values[seen - 1]
+            if self.done:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+
+class RunContext:
+    """A node's view of the run: roles, seeded RNG, model calls, publishing."""
+
+    def __init__(self, state: RunState, node: str, partials: dict[str, PartialStream] | None = None,
+                 upstream: dict[str, PartialStream] | None = None):
+        self.state = state
+        self.node = node
+        self.roles = state.roles
+        self.rng = random.Random(derive_seed(state.seed, node, "rng"))
+        self._partials = partials if partials is not None else {}
+        self._upstream = upstream or {}
+
+    # -- publishing -----------------------------------------------------------------------
+    def publish(self, port: str, value: Any) -> None:
+        """Publish a partial output that downstream nodes may consume before this node ends."""
+        self._partials.setdefault(port, PartialStream()).publish(value)
+        if self.state.events.active:
+            self.state.events.emit("partial_output", self.node, port=port)
+
+    def partial_inputs(self, port: str) -> PartialStream:
+        """The partial values the producer of input `port` publishes (streaming inputs)."""
+        return self._upstream[port]
+
+    def publish_best(self, answer: Answer) -> None:
+        """The best answer so far: returned inside BudgetExceeded if the run stops early."""
+        self.state.best = answer
+
+    def stream_answer(self, text: str) -> None:
+        """A token delta of the run's final answer (drives TTFT, chat and the server)."""
+        self.state.events.emit("token_delta", self.node, text=text, answer=True)
+
+    def emit(self, kind: str, **data: Any) -> None:
+        self.state.events.emit(kind, self.node, **data)
+
+    def seed(self, call_key: str, sample_index: int = 0) -> int:
+        return derive_seed(self.state.seed, self.node, call_key, sample_index)
+
+    # -- model calls ----------------------------------------------------------------------
+    def _reserve(self, role: Role, prompt_tokens: int, max_out: int, what: str):
+        return self.state.budget.reserve(prompt_tokens + max_out,
+                                         role.spec.cost(prompt_tokens, max_out), what)
+
+    def _record(self, role: Role, kind: str, key: str, attempt: int, t0: float,
+                **fields: Any) -> CallRecord:
+        rec = CallRecord(node=self.node, role=role.name, model=role.model_id, kind=kind,
+                         call_key=key, attempt=attempt, latency_s=time.monotonic() - t0,
+                         **fields)
+        self.state.ledger.record(rec)
+        if self.state.events.active:
+            self.state.events.emit("call_finished", self.node, role=role.name, kind=kind,
+                                   ok=rec.ok, prompt_tokens=rec.prompt_tokens,
+                                   completion_tokens=rec.completion_tokens,
+                                   cost_usd=rec.cost_usd, cache_hit=rec.cache_hit)
+        return rec
+
+    async def _wait_retry(self, role: Role, attempt: int, exc: BackendError) -> None:
+        retry_after = getattr(exc, "retry_after", None)
+        await asyncio.sleep(role.spec.retry.delay(attempt, retry_after, self.state.retry_rng))
+
+    def _prompt_estimate(self, role: Role, req: GenerateRequest) -> int:
+        text = "".join(m.content for m in req.messages) + (req.assistant_prefix or "")
+        return role.backend.estimate_tokens(text) + 8 * len(req.messages)
+
+    async def generate(self, role: Role | str, req: GenerateRequest, call_key: str,
+                       ) -> Generation:
+        """One logical call (n samples): cached, budgeted, throttled, retried, recorded."""
+        role = self.roles.pick(role) if isinstance(role, str) else role
+        if req.seed is None:
+            req = req.model_copy(update={"seed": self.seed(call_key)})
+        store = self.state.store
+        keys: list[str] = []
+        if store is not None:
+            body = req.model_dump(mode="json", exclude={"n"})
+            keys = [cache_key(role.model_id, role.backend.config_hash(), body, i, req.seed)
+                    for i in range(req.n)]
+            hits = [store.get(k) for k in keys]
+            if all(h is not None for h in hits):
+                self._record(role, "generate", call_key, 1, time.monotonic(), cache_hit=True,
+                             seed=req.seed, n=req.n)
+                return Generation(samples=[Sample.model_validate(h["sample"]) for h in hits],
+                                  prompt_tokens=hits[0]["prompt_tokens"], model=role.model_id,
+                                  served_by="cache")
+            if store.mode == "replay":
+                raise CacheMiss(f"{self.node}: no cached result for call {call_key!r} in replay")
+        prompt_est = self._prompt_estimate(role, req)
+        reservation = self._reserve(role, prompt_est, req.max_tokens * req.n,
+                                    f"{self.node}/{call_key}")
+        spent_tokens, spent_dollars = 0, 0.0
+        try:
+            attempt = 0
+            while True:
+                attempt += 1
+                t0 = time.monotonic()
+                try:
+                    async with role:
+                        t0 = time.monotonic()
+                        if role.spec.timeout_s:
+                            gen = await asyncio.wait_for(role.backend.generate(req),
+                                                         role.spec.timeout_s)
+                        else:
+                            gen = await role.backend.generate(req)
+                except asyncio.TimeoutError:
+                    from reasonloom.backends.errors import Timeout
+                    exc: BackendError = Timeout(f"no answer within {role.spec.timeout_s}s")
+                    if not self._retry_or_raise(role, call_key, attempt, t0, exc, req.seed):
+                        raise exc from None
+                    await self._wait_retry(role, attempt, exc)
+                    continue
+                except BackendError as exc:
+                    if not self._retry_or_raise(role, call_key, attempt, t0, exc, req.seed):
+                        raise
+                    await self._wait_retry(role, attempt, exc)
+                    continue
+                cost = role.spec.cost(gen.prompt_tokens, gen.completion_tokens)
+                spent_tokens, spent_dollars = gen.prompt_tokens + gen.completion_tokens, cost
+                self._record(role, "generate", call_key, attempt, t0,
+                             prompt_tokens=gen.prompt_tokens,
+                             completion_tokens=gen.completion_tokens,
+                             cached_prompt_tokens=gen.cached_prompt_tokens or 0, cost_usd=cost,
+                             served_by=gen.served_by, seed=req.seed, n=req.n)
+                if store is not None:
+                    for key, sample in zip(keys, gen.samples):
+                        store.put(key, {"sample": sample.model_dump(mode="json"),
+                                        "prompt_tokens": gen.prompt_tokens})
+                return gen
+        finally:
+            self.state.budget.settle(reservation, spent_tokens, spent_dollars)
+
+    def _retry_or_raise(self, role: Role, key: str, attempt: int, t0: float,
+                        exc: BackendError, seed: int | None, kind: str = "generate",
+                        wasted: int = 0) -> bool:
+        """Record the failed attempt; True if the policy allows another."""
+        self._record(role, kind, key, attempt, t0, ok=False, seed=seed,
+                     error=f"{type(exc).__name__}: {exc}", wasted_completion_tokens=wasted)
+        return exc.retryable and attempt < role.spec.retry.max_attempts
+
+    async def stream(self, role: Role | str, req: GenerateRequest, call_key: str,
+                     answer: bool = False) -> AsyncIterator[Delta]:
+        """Stream one sample's deltas. A cut stream is retried from scratch with the same seed;
+        text already yielded is not yielded twice (and must match, or the call fails)."""
+        role = self.roles.pick(role) if isinstance(role, str) else role
+        if req.seed is None:
+            req = req.model_copy(update={"seed": self.seed(call_key)})
+        reservation = self._reserve(role, self._prompt_estimate(role, req),
+                                    req.max_tokens * req.n, f"{self.node}/{call_key}")
+        yielded = ""
+        spent_tokens, spent_dollars = 0, 0.0
+        try:
+            attempt = 0
+            while True:
+                attempt += 1
+                text, ttft = "", None
+                final: Delta | None = None
+                t0 = time.monotonic()
+                try:
+                    async with role:
+                        t0 = time.monotonic()
+                        async for delta in role.backend.stream(req):
+                            if delta.prompt_tokens is not None:
+                                final = delta
+                            if not delta.text:
+                                continue
+                            if ttft is None:
+                                ttft = time.monotonic() - t0
+                            text += delta.text
+                            if len(text) <= len(yielded):
+                                continue   # a retry re-producing what the caller already has
+                            if not text.startswith(yielded):
+                                raise StreamCut("retried stream diverged from what was shown",
+                                                partial=text)
+                            fresh = text[len(yielded):]
+                            yielded = text
+                            if answer:
+                                self.stream_answer(fresh)
+                            yield Delta(index=delta.index, text=fresh)
+                except BackendError as exc:
+                    wasted = role.backend.estimate_tokens(text) if text else 0
+                    if not self._retry_or_raise(role, call_key, attempt, t0, exc, req.seed,
+                                                "stream", wasted):
+                        raise
+                    await self._wait_retry(role, attempt, exc)
+                    continue
+                prompt_tokens = (final.prompt_tokens or 0) if final else 0
+                completion = (final.completion_tokens or 0) if final else 0
+                cost = role.spec.cost(prompt_tokens, completion)
+                spent_tokens, spent_dollars = prompt_tokens + completion, cost
+                self._record(role, "stream", call_key, attempt, t0, prompt_tokens=prompt_tokens,
+                             completion_tokens=completion,
+                             cached_prompt_tokens=(final.cached_prompt_tokens or 0) if final else 0,
+                             cost_usd=cost, ttft_s=ttft, seed=req.seed, n=req.n)
+                yield Delta(index=0, text="", finish_reason=final.finish_reason if final else None,
+                            prompt_tokens=prompt_tokens, completion_tokens=completion)
+                return
+        finally:
+            self.state.budget.settle(reservation, spent_tokens, spent_dollars)
+
+    async def prompt_logprobs(self, role: Role | str, messages: Sequence[Message], text: str,
+                              call_key: str, top_k: int = 0) -> list[TokenLogprob]:
+        """Prefill-only scoring: recorded as kind `score` with 0 completion tokens."""
+        role = self.roles.pick(role) if isinstance(role, str) else role
+        prompt_est = role.backend.estimate_tokens(text + "".join(m.content for m in messages))
+        reservation = self._reserve(role, prompt_est, 0, f"{self.node}/{call_key}")
+        spent_tokens, spent_dollars = 0, 0.0
+        try:
+            attempt = 0
+            while True:
+                attempt += 1
+                t0 = time.monotonic()
+                try:
+                    async with role:
+                        t0 = time.monotonic()
+                        scored = await role.backend.prompt_logprobs(messages, text, top_k)
+                except BackendError as exc:
+                    if not self._retry_or_raise(role, call_key, attempt, t0, exc, None, "score"):
+                        raise
+                    await self._wait_retry(role, attempt, exc)
+                    continue
+                prompt_tokens = getattr(scored, "prompt_tokens", None) or len(scored)
+                cost = role.spec.cost(prompt_tokens, 0)
+                spent_tokens, spent_dollars = prompt_tokens, cost
+                self._record(role, "score", call_key, attempt, t0, prompt_tokens=prompt_tokens,
+                             completion_tokens=0, cost_usd=cost,
+                             cached_prompt_tokens=getattr(scored, "cached_prompt_tokens", 0) or 0)
+                return list(scored)
+        finally:
+            self.state.budget.settle(reservation, spent_tokens, spent_dollars)

@@ -1,0 +1,48 @@
+"""One event stream drives the progress display, chat client, server SSE and JSONL trace."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+EventKind = Literal["run_started", "run_finished", "node_started", "node_finished",
+                    "node_failed", "partial_output", "token_delta", "call_finished", "error"]
+
+
+@dataclass(slots=True)
+class Event:
+    kind: str
+    node: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    t: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "node": self.node, "t": self.t, **self.data}
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Synchronous fan-out: subscribers must be quick (queue or write, never block)."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self.first_answer_t: float | None = None
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._subscribers)
+
+    def emit(self, kind: str, node: str | None = None, **data: Any) -> None:
+        if kind == "token_delta" and data.get("answer") and self.first_answer_t is None:
+            self.first_answer_t = time.time()
+        if not self._subscribers:
+            return
+        event = Event(kind, node, data)
+        for fn in list(self._subscribers):
+            fn(event)

@@ -1,0 +1,116 @@
+"""Model roles: a named backend + model + prices + limits + retry policy (DESIGN.md, "Role")."""
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Iterator, Mapping
+
+from asyncio_throttle import Throttler
+from pydantic import Field
+
+from reasonloom.backends.base import Backend
+from reasonloom.orchestrator.types import FrozenModel
+
+
+class RetryPolicy(FrozenModel):
+    """Exponential backoff with jitter on retryable errors (429, 5xx, timeouts, cut streams)."""
+
+    max_attempts: int = Field(4, ge=1)
+    base_delay_s: float = Field(0.5, ge=0)
+    max_delay_s: float = Field(20.0, ge=0)
+    jitter: float = Field(0.25, ge=0, le=1)   # +- fraction of the delay
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait before attempt `attempt + 1`; a server's Retry-After wins if longer."""
+        backoff = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+        backoff *= 1 + self.jitter * (2 * rng.random() - 1)
+        return max(backoff, retry_after or 0.0)
+
+
+class RoleSpec(FrozenModel):
+    name: str
+    model: str = ""
+    price_in_per_m: float = Field(0.0, ge=0)    # dollars per million prompt tokens
+    price_out_per_m: float = Field(0.0, ge=0)   # dollars per million completion tokens
+    concurrency: int = Field(64, ge=1)          # calls in flight at once
+    rate_limit: float | None = Field(None, gt=0)  # calls per second
+    retry: RetryPolicy = RetryPolicy()
+    timeout_s: float | None = Field(None, gt=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_in_per_m
+                + completion_tokens * self.price_out_per_m) / 1e6
+
+
+class Role:
+    """A role at run time: its spec, its backend and the limiters shared by every node."""
+
+    def __init__(self, spec: RoleSpec, backend: Backend):
+        self.spec = spec
+        self.backend = backend
+        self.name = spec.name
+        self._semaphore = asyncio.Semaphore(spec.concurrency)
+        self._throttler = Throttler(rate_limit=spec.rate_limit) if spec.rate_limit else None
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model or self.backend.model
+
+    async def __aenter__(self) -> "Role":
+        await self._semaphore.acquire()
+        if self._throttler is not None:
+            try:
+                await self._throttler.acquire()
+            except BaseException:
+                self._semaphore.release()
+                raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._semaphore.release()
+
+    def __repr__(self) -> str:
+        return f"Role({self.name!r}, model={self.model_id!r})"
+
+
+class Roles(Mapping[str, Role]):
+    """The recipe's roles: `order` lists the ranked ones strongest -> cheapest; others are named
+    (`scorer`, `judge`, `aggregator` ...) and fall back to a ranked role when absent."""
+
+    def __init__(self, roles: Mapping[str, Role], order: list[str] | None = None):
+        self._roles = dict(roles)
+        self.order = list(order) if order is not None else list(self._roles)
+        unknown = [name for name in self.order if name not in self._roles]
+        if unknown:
+            raise KeyError(f"role order names unknown roles: {unknown}")
+
+    def __getitem__(self, name: str) -> Role:
+        if name not in self._roles:
+            raise KeyError(f"unknown role {name!r} (roles: {', '.join(self._roles)})")
+        return self._roles[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._roles)
+
+    def __len__(self) -> int:
+        return len(self._roles)
+
+    @property
+    def by_strength(self) -> list[Role]:
+        return [self._roles[name] for name in self.order]
+
+    @property
+    def strongest(self) -> Role:
+        return self.by_strength[0]
+
+    @property
+    def cheapest(self) -> Role:
+        return self.by_strength[-1]
+
+    def pick(self, name: str | None, default: str = "strongest") -> Role:
+        """A named role if the recipe has it, else the strongest (or cheapest) ranked one."""
+        if name and name in self._roles:
+            return self._roles[name]
+        if name and name not in ("strongest", "cheapest"):
+            raise KeyError(f"unknown role {name!r} (roles: {', '.join(self._roles)})")
+        return self.cheapest if (name or default) == "cheapest" else self.strongest

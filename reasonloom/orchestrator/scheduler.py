@@ -1,0 +1,198 @@
+"""The scheduler: every node runs as soon as its inputs are ready; a failure cancels only
+what depends on it; a budget stop ends the run but keeps what it had."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from reasonloom.orchestrator.budget import Budget, BudgetExceeded, BudgetSpec
+from reasonloom.orchestrator.cache import CacheMode, RunStore
+from reasonloom.orchestrator.context import PartialStream, RunContext, RunState
+from reasonloom.orchestrator.events import Event, EventBus
+from reasonloom.orchestrator.graph import PROBLEM, Graph, NodeSpec
+from reasonloom.orchestrator.result import NodeFailure, RunFailed, RunResult
+from reasonloom.orchestrator.roles import Roles
+from reasonloom.orchestrator.types import Answer, Candidate, Candidates, Problem
+
+
+class _UpstreamFailed(Exception):
+    def __init__(self, node: str):
+        super().__init__(node)
+        self.node = node
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _as_answer(value: Any) -> Answer | None:
+    """The run's answer from the output port: an Answer, or the best of candidates."""
+    if value is None or isinstance(value, Answer):
+        return value
+    if isinstance(value, list) and value and isinstance(value[0], Candidate):
+        best = Candidates(value).best() if any(c.score is not None for c in value) else value[0]
+        return Answer(text=best.text, answer=best.answer, candidates=list(value))
+    if isinstance(value, str):
+        return Answer(text=value)
+    return None
+
+
+class Scheduler:
+    def __init__(self, graph: Graph, state: RunState, problem: Problem,
+                 finished: dict[str, dict[str, Any]] | None = None):
+        self.graph = graph
+        self.state = state
+        self.problem = problem
+        self.dag = graph.validate()
+        self.results: dict[str, asyncio.Future] = {}
+        self.partials: dict[str, dict[str, PartialStream]] = {n: {} for n in graph.nodes}
+        self.outputs: dict[str, dict[str, Any]] = dict(finished or {})
+        self.failures: list[NodeFailure] = []
+
+    async def _run_node(self, spec: NodeSpec) -> dict[str, Any]:
+        name = spec.name
+        if name in self.outputs:   # finished in an earlier, resumed run
+            return self.outputs[name]
+        inputs: dict[str, Any] = {}
+        upstream: dict[str, PartialStream] = {}
+        streaming = getattr(spec.config, "stream_inputs", ()) or ()
+        for port, src in spec.inputs.items():
+            if src.node == PROBLEM:
+                inputs[port] = self.problem
+            elif port in streaming:
+                upstream[port] = self.partials[src.node].setdefault(src.port, PartialStream())
+            else:
+                try:
+                    produced = await self.results[src.node]
+                except (_UpstreamFailed, Exception) as exc:
+                    cause = exc.node if isinstance(exc, _UpstreamFailed) else src.node
+                    self.failures.append(NodeFailure(node=name, error="cancelled",
+                                                     cancelled_because=cause))
+                    raise _UpstreamFailed(cause) from None
+                inputs[port] = produced[src.port]
+        events = self.state.events
+        if events.active:
+            events.emit("node_started", name, type=spec.type.name)
+        ctx = RunContext(self.state, name, self.partials[name], upstream)
+        try:
+            out = await spec.type.fn(inputs, spec.config, ctx)
+        except (BudgetExceeded, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            self.failures.append(NodeFailure(node=name, error=f"{type(exc).__name__}: {exc}"))
+            if events.active:
+                events.emit("node_failed", name, error=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            for stream in self.partials[name].values():
+                stream.close()
+        out = dict(out)
+        for port, value in out.items():   # final values reach streaming consumers too
+            self.partials[name].setdefault(port, PartialStream()).publish(value, final=True)
+        self.outputs[name] = out
+        if self.state.store is not None:
+            self.state.store.put_node_output(name, _jsonable(out))
+        if events.active:
+            events.emit("node_finished", name)
+        return out
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for name in self.graph.nodes:
+            self.results[name] = loop.create_future()
+        tasks = []
+        for name in self.graph.nodes:
+            task = asyncio.ensure_future(self._run_node(self.graph.nodes[name]))
+            task.add_done_callback(self._settle(name))
+            tasks.append(task)
+        try:
+            for fut in asyncio.as_completed(tasks):
+                try:
+                    await fut
+                except BudgetExceeded:
+                    raise
+                except Exception:
+                    pass   # recorded in failures; dependants cancel themselves
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for fut in self.results.values():
+                if fut.done() and not fut.cancelled():
+                    fut.exception()   # mark retrieved
+
+    def _settle(self, name: str) -> Callable[[asyncio.Future], None]:
+        def done(task: asyncio.Future) -> None:
+            fut = self.results[name]
+            if fut.done():
+                return
+            if task.cancelled():
+                fut.cancel()
+            elif task.exception() is not None:
+                fut.set_exception(task.exception())
+            else:
+                fut.set_result(task.result())
+        return done
+
+
+async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int = 0,
+              budget: BudgetSpec | None = None, cache: CacheMode = "off",
+              run_id: str | None = None, subscribers: list[Callable[[Event], None]] = (),
+              keep_events: bool = False) -> RunResult:
+    """Run a graph on one problem; returns the pydantic RunResult.
+
+    Raises RunFailed (a node the answer needs failed) or BudgetExceeded (with partial results
+    and the best published answer); both keep every finished output.
+    """
+    if isinstance(problem, str):
+        problem = Problem.from_text(problem)
+    run_id = run_id or uuid.uuid4().hex[:12]
+    store = None if cache == "off" else RunStore.for_run(run_id, cache)
+    events = EventBus()
+    kept: list[dict[str, Any]] = []
+    if keep_events:
+        events.subscribe(lambda e: kept.append(e.to_json()))
+    for fn in subscribers:
+        events.subscribe(fn)
+    state = RunState(run_id=run_id, seed=seed, roles=roles, budget=Budget(budget),
+                     events=events, store=store)
+    scheduler = Scheduler(graph, state, problem)
+    t0 = time.time()
+    events.emit("run_started", None, run_id=run_id)
+
+    def result(status: str, answer: Answer | None) -> RunResult:
+        ttft = (events.first_answer_t - t0) if events.first_answer_t else None
+        return RunResult(run_id=run_id, answer=answer, outputs=scheduler.outputs,
+                         usage=state.ledger.report(), wall_s=time.time() - t0, ttft_s=ttft,
+                         events=kept, status=status, failures=scheduler.failures)
+
+    try:
+        await scheduler.run()
+    except BudgetExceeded as exc:
+        partial = result("budget_exceeded", state.best)
+        events.emit("run_finished", None, status="budget_exceeded")
+        raise BudgetExceeded(str(exc), partial=partial, best=state.best) from None
+    finally:
+        if store is not None:
+            store.close()
+    out = graph.output
+    assert out is not None
+    if out.node not in scheduler.outputs:
+        failed = [f for f in scheduler.failures if f.cancelled_because is None]
+        why = "; ".join(f"{f.node}: {f.error}" for f in failed) or "unknown"
+        partial = result("failed", state.best)
+        events.emit("run_finished", None, status="failed")
+        raise RunFailed(f"run {run_id} failed: {why}", partial)
+    answer = _as_answer(scheduler.outputs[out.node].get(out.port))
+    events.emit("run_finished", None, status="ok")
+    return result("ok", answer)

@@ -1,0 +1,91 @@
+"""Sampling baselines: best-of-n generation and self-consistency (majority over extracted
+answers, Wang et al. 2022)."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from reasonloom.backends.base import GenerateRequest
+from reasonloom.orchestrator.context import RunContext
+from reasonloom.orchestrator.registry import register_node
+from reasonloom.orchestrator.types import Answer, Candidate, Candidates, FrozenModel, Problem
+from reasonloom.strategies.prompts import DEFAULT_SYSTEM, problem_messages
+from reasonloom.verifiers.answers import extract_answer, majority_answer
+
+
+class SampleConfig(FrozenModel):
+    """n samples of one prompt from one role (the backend's `n` where it has it)."""
+
+    role: str = "strongest"
+    n: int = Field(4, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    system: str | None = DEFAULT_SYSTEM
+    stream_answer: bool = False   # stream the (single) sample as the run's answer
+
+
+async def sample_candidates(problem: Problem, cfg: SampleConfig, ctx: RunContext,
+                            call_key: str = "samples") -> Candidates:
+    role = ctx.roles.pick(cfg.role)
+    req = GenerateRequest(messages=problem_messages(problem, cfg.system), n=cfg.n,
+                          temperature=cfg.temperature, top_p=cfg.top_p,
+                          max_tokens=cfg.max_tokens)
+    if role.backend.capabilities.n or cfg.n == 1:
+        gen = await ctx.generate(role, req, call_key)
+        texts = gen.texts
+    else:   # a server without `n`: sequential samples, each its own recorded call
+        texts = []
+        for i in range(cfg.n):
+            one = req.model_copy(update={"n": 1, "seed": ctx.seed(call_key, i)})
+            texts += (await ctx.generate(role, one, f"{call_key}/{i}")).texts
+    return Candidates(Candidate(text=t, answer=extract_answer(t), role=role.name) for t in texts)
+
+
+@register_node("best_of_n", SampleConfig, inputs={"problem": "problem"},
+               outputs={"candidates": "candidates"})
+async def best_of_n(inputs: dict, cfg: SampleConfig, ctx: RunContext) -> dict:
+    return {"candidates": await sample_candidates(inputs["problem"], cfg, ctx)}
+
+
+@register_node("generate", SampleConfig, inputs={"problem": "problem"},
+               outputs={"answer": "answer", "candidates": "candidates"})
+async def generate(inputs: dict, cfg: SampleConfig, ctx: RunContext) -> dict:
+    """One role answers directly; with `stream_answer` its tokens stream to the caller."""
+    problem: Problem = inputs["problem"]
+    if cfg.stream_answer and cfg.n == 1:
+        req = GenerateRequest(messages=problem_messages(problem, cfg.system), n=1,
+                              temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_tokens=cfg.max_tokens)
+        text = ""
+        async for delta in ctx.stream(ctx.roles.pick(cfg.role), req, "answer", answer=True):
+            text += delta.text
+        cands = Candidates([Candidate(text=text, answer=extract_answer(text), role=cfg.role)])
+    else:
+        cands = await sample_candidates(problem, cfg, ctx)
+    first = cands[0]
+    return {"answer": Answer(text=first.text, answer=first.answer, candidates=list(cands)),
+            "candidates": cands}
+
+
+class MajorityConfig(FrozenModel):
+    """Self-consistency's selection step: the most frequent extracted answer wins."""
+
+
+def majority_pick(candidates: Candidates) -> Answer:
+    answer, supporters = majority_answer(candidates)
+    chosen = supporters[0] if supporters else candidates[0]
+    return Answer(text=chosen.text, answer=answer, candidates=list(candidates),
+                  details={"votes": len(supporters), "samples": len(candidates)})
+
+
+@register_node("majority", MajorityConfig, inputs={"candidates": "candidates"},
+               outputs={"answer": "answer"})
+async def majority(inputs: dict, cfg: MajorityConfig, ctx: RunContext) -> dict:
+    return {"answer": majority_pick(Candidates(inputs["candidates"]))}
+
+
+@register_node("self_consistency", SampleConfig, inputs={"problem": "problem"},
+               outputs={"answer": "answer", "candidates": "candidates"})
+async def self_consistency(inputs: dict, cfg: SampleConfig, ctx: RunContext) -> dict:
+    cands = await sample_candidates(inputs["problem"], cfg, ctx)
+    return {"answer": majority_pick(cands), "candidates": cands}

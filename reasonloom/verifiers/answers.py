@@ -1,0 +1,126 @@
+"""Answer extraction and comparison: the ONE place every strategy and grader uses."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from fractions import Fraction
+from typing import Callable, Sequence
+
+from reasonloom.orchestrator.types import Candidate
+
+_BOXED = re.compile(r"\\boxed\s*\{")
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*[:=]?\s*\$?([^\n$]+?)\$?\s*(?:\.\s|\.$|$|\n)",
+                        re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_LETTER = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?\b", re.IGNORECASE)
+
+
+def _boxed_contents(text: str) -> str | None:
+    last = None
+    for match in _BOXED.finditer(text):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                last = text[start:i]
+                break
+    return last
+
+
+def extract_answer(text: str, kind: str = "auto") -> str | None:
+    """The final answer of a solution: `\\boxed{}`, "the answer is X", a letter, else the last number."""
+    if not text:
+        return None
+    if kind == "mc":
+        match = _LETTER.search(text) or re.search(r"\b([A-J])\b", text.strip()[:3])
+        return match.group(1).upper() if match else None
+    boxed = _boxed_contents(text)
+    if boxed is not None:
+        return boxed.strip()
+    matches = _ANSWER_IS.findall(text)
+    if matches:
+        answer = matches[-1].strip().rstrip(".")
+        numbers = _NUMBER.findall(answer)
+        # "the answer is 42 apples" -> 42; keep non-numeric answers as they are
+        return numbers[0].replace(",", "") if len(numbers) == 1 else answer
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def _numeric(value: str) -> Fraction | None:
+    s = value.strip().strip("$").replace(",", "").replace("\\!", "").rstrip(".")
+    s = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", s).strip()
+    s = re.sub(r"\s*(%|\\%)$", "", s)
+    frac = re.fullmatch(r"\\d?frac\{(-?\d+)\}\{(\d+)\}", s)
+    if frac:
+        return Fraction(int(frac.group(1)), int(frac.group(2)))
+    s = re.sub(r"\s+[a-zA-Z]+$", "", s)   # a trailing unit word: "12 cm"
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="math-verify")
+
+
+def _math_verify(a: str, b: str) -> bool:
+    from math_verify import parse, verify
+
+    # parsing_timeout/timeout None: math-verify's signal-based timeouts only work in the main
+    # thread; the caller bounds the time instead.
+    pa = parse(f"${a}$", parsing_timeout=None)
+    pb = parse(f"${b}$", parsing_timeout=None)
+    return bool(pa and pb and verify(pa, pb, timeout_seconds=None))
+
+
+def answers_equal(a: str | None, b: str | None, timeout_s: float = 5.0) -> bool:
+    """Equal as math: numbers (fractions, separators, units) first, then math-verify."""
+    if a is None or b is None:
+        return False
+    if a.strip() == b.strip():
+        return True
+    na, nb = _numeric(a), _numeric(b)
+    if na is not None and nb is not None:
+        return na == nb
+    try:
+        return _POOL.submit(_math_verify, a, b).result(timeout=timeout_s)
+    except FutureTimeout:
+        return False
+    except Exception:
+        return a.strip().lower() == b.strip().lower()
+
+
+def canonical(answer: str) -> str:
+    """A grouping key: numbers normalised, other answers whitespace- and case-folded."""
+    number = _numeric(answer)
+    if number is not None:
+        return str(number)
+    return re.sub(r"\s+", "", answer).lower()
+
+
+def majority_answer(candidates: Sequence[Candidate],
+                    tie_break: Callable[[list[Candidate]], float] | None = None,
+                    ) -> tuple[str | None, list[Candidate]]:
+    """The most frequent EXTRACTED answer and its supporters; ties go to the larger
+    `tie_break(supporters)` (e.g. mean confidence), then to the first seen."""
+    groups: dict[str, list[Candidate]] = {}
+    for cand in candidates:
+        answer = cand.answer if cand.answer is not None else extract_answer(cand.text)
+        if answer is None:
+            continue
+        groups.setdefault(canonical(answer), []).append(cand)
+    if not groups:
+        return None, []
+    order = list(groups)
+    best = max(order, key=lambda k: (len(groups[k]),
+                                     tie_break(groups[k]) if tie_break else 0.0,
+                                     -order.index(k)))
+    supporters = groups[best]
+    first = supporters[0]
+    return (first.answer if first.answer is not None else extract_answer(first.text)), supporters
+
+
+def answer_counts(candidates: Sequence[Candidate]) -> Counter:
+    return Counter(canonical(c.answer) for c in candidates if c.answer is not None)
