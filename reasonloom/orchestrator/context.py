@@ -112,7 +112,7 @@ class RunContext:
                          **fields)
         self.state.ledger.record(rec)
         if self.state.events.active:
-            self.state.events.emit("call_finished", self.node, role=role.name, kind=kind,
+            self.state.events.emit("call_finished", self.node, role=role.name, call_kind=kind,
                                    ok=rec.ok, prompt_tokens=rec.prompt_tokens,
                                    completion_tokens=rec.completion_tokens,
                                    cost_usd=rec.cost_usd, cache_hit=rec.cache_hit)
