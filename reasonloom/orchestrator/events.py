@@ -17,7 +17,7 @@ class Event:
     t: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "node": self.node, "t": self.t, **self.data}
+        return {"event": self.kind, "node": self.node, "t": self.t, **self.data}
 
 
 Subscriber = Callable[[Event], None]
@@ -38,7 +38,7 @@ class EventBus:
     def active(self) -> bool:
         return bool(self._subscribers)
 
-    def emit(self, kind: str, node: str | None = None, **data: Any) -> None:
+    def emit(self, kind: str, node: str | None = None, /, **data: Any) -> None:
         if kind == "token_delta" and data.get("answer") and self.first_answer_t is None:
             self.first_answer_t = time.time()
         if not self._subscribers:

@@ -1,0 +1,240 @@
+"""Recipes: YAML -> pydantic spec -> Graph + Roles. Every mistake a user can make is ONE line,
+`FILE:LINE:COL: path.to.field: what is wrong`, raised before anything runs.
+
+Recipes are data: no eval, no import paths; node types come only from the registry.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from reasonloom.backends.factory import BackendKind, BackendSpec
+from reasonloom.orchestrator.budget import BudgetSpec
+from reasonloom.orchestrator.cache import CacheMode
+from reasonloom.orchestrator.graph import Graph, GraphError
+from reasonloom.orchestrator.roles import RetryPolicy, Role, Roles, RoleSpec
+from reasonloom.orchestrator.types import FrozenModel, Problem
+from reasonloom.recipe_yaml import YamlSyntaxError, load_with_positions, position_of
+
+# Parameter names that refer to roles, checked against `models:` at load time.
+ROLE_KEYS = {"role", "roles", "scorer", "judge", "aggregator", "initial_role"}
+ROLE_ALIASES = {"strongest", "cheapest"}
+
+
+class RoleConfig(FrozenModel):
+    """One `models:` entry: where the model lives, what it costs, how hard to push it."""
+
+    backend: BackendKind = "embedded"
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str | None = None      # the NAME of the environment variable, never the key
+    engine: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    price_in_per_m: float = Field(0.0, ge=0)
+    price_out_per_m: float = Field(0.0, ge=0)
+    concurrency: int = Field(64, ge=1)
+    rate_limit: float | None = Field(None, gt=0)
+    retry: RetryPolicy = RetryPolicy()
+    timeout_s: float | None = Field(None, gt=0)
+    steering: dict[str, Any] | None = None
+    speculative: str | dict[str, Any] | None = None
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _is_a_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "").isalnum():
+            raise ValueError("api_key_env must be an environment variable NAME, not a key")
+        return value
+
+    def backend_spec(self) -> BackendSpec:
+        engine = dict(self.engine)
+        if self.steering is not None:
+            engine["reasonloom_steering"] = self.steering
+        if self.speculative is not None:
+            engine["reasonloom_speculative"] = self.speculative
+        return BackendSpec(backend=self.backend, model=self.model, base_url=self.base_url,
+                           api_key_env=self.api_key_env, engine=engine, options=self.options)
+
+
+class NodeConfig(FrozenModel):
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict)
+
+
+class RecipeSpec(FrozenModel):
+    description: str | None = None
+    seed: int = 0
+    models: dict[str, RoleConfig]
+    order: list[str] | None = None
+    nodes: dict[str, NodeConfig]
+    output: str | None = None
+    budget: BudgetSpec = BudgetSpec()
+    cache: CacheMode = "off"
+
+
+class RecipeError(ValueError):
+    """One line: `FILE:LINE:COL: path.to.field: what is wrong`."""
+
+    def __init__(self, file: str, line: int, col: int, path: Iterable[str | int], message: str):
+        self.file, self.line, self.col = file, line, col
+        self.path = ".".join(str(p) for p in path) or "(recipe)"
+        self.message = " ".join(str(message).split())
+        super().__init__(f"{file}:{line}:{col}: {self.path}: {self.message}")
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    target = data
+    for key in keys[:-1]:
+        if not isinstance(target.get(key), dict):
+            target[key] = {}
+        target = target[key]
+    target[keys[-1]] = value
+
+
+def _role_refs(params: Any, path: tuple) -> Iterable[tuple[tuple, str]]:
+    """Every (path, role name) a node's params mention."""
+    if isinstance(params, dict):
+        for key, value in params.items():
+            here = (*path, key)
+            if key in ROLE_KEYS or (isinstance(key, str) and key.endswith("_role")):
+                names = value if isinstance(value, (list, tuple)) else [value]
+                for i, name in enumerate(names):
+                    if isinstance(name, str):
+                        yield (here if len(names) == 1 and not isinstance(value, list)
+                               else (*here, i)), name
+            else:
+                yield from _role_refs(value, here)
+    elif isinstance(params, list):
+        for i, item in enumerate(params):
+            yield from _role_refs(item, (*path, i))
+
+
+class Recipe:
+    """A validated recipe: `load_recipe(path).run("question")` or build the same graph in code."""
+
+    def __init__(self, spec: RecipeSpec, graph: Graph, source: str = "<recipe>"):
+        self.spec = spec
+        self.graph = graph
+        self.source = source
+        self.name = Path(source).stem
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<recipe>",
+                  overrides: Iterable[str] = ()) -> "Recipe":
+        def fail(path: tuple, message: str, positions: dict | None = None) -> RecipeError:
+            line, col = position_of(positions or {}, path)
+            return RecipeError(source, line, col, path, message)
+
+        try:
+            data, positions = load_with_positions(text)
+        except YamlSyntaxError as exc:
+            raise RecipeError(source, exc.line, exc.col, (), str(exc)) from None
+        if not isinstance(data, dict):
+            raise fail((), "a recipe is a mapping with `models:` and `nodes:`")
+        for item in overrides:
+            dotted, sep, raw = item.partition("=")
+            if not sep or not dotted:
+                raise RecipeError("--set", 1, 1, (dotted,), f"expected path=value, got {item!r}")
+            try:
+                value = yaml.safe_load(raw) if raw else ""
+            except yaml.YAMLError:
+                value = raw
+            _set_path(data, dotted.strip(), value)
+        try:
+            spec = RecipeSpec.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = tuple(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key {loc[-1]!r}"
+            elif err["type"] == "missing":
+                msg = f"missing required key {loc[-1]!r}"
+            raise fail(loc, msg, positions) from None
+        roles = set(spec.models)
+        if not roles:
+            raise fail(("models",), "at least one model role is needed", positions)
+        for i, name in enumerate(spec.order or []):
+            if name not in roles:
+                raise fail(("order", i), f"unknown role {name!r} (models: "
+                           f"{', '.join(spec.models)})", positions)
+        for role_name, role in spec.models.items():
+            if role.api_key_env and not os.environ.get(role.api_key_env):
+                raise fail(("models", role_name, "api_key_env"),
+                           f"environment variable {role.api_key_env} is not set", positions)
+            if role.backend in ("openai",) and not role.base_url and not role.api_key_env:
+                raise fail(("models", role_name), "an openai role needs base_url or "
+                           "api_key_env", positions)
+        for node_name, node in spec.nodes.items():
+            for path, name in _role_refs(node.params, ("nodes", node_name, "params")):
+                if name not in roles and name not in ROLE_ALIASES:
+                    raise fail(path, f"unknown role {name!r} (models: "
+                               f"{', '.join(spec.models)})", positions)
+        graph = Graph()
+        try:
+            for node_name, node in spec.nodes.items():
+                graph.add(node_name, node.type, node.params, node.inputs)
+            if spec.output:
+                graph.set_output(spec.output)
+            graph.validate()
+        except GraphError as exc:
+            raise fail(exc.path, str(exc), positions) from None
+        return cls(spec, graph, source)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Iterable[str] = ()) -> "Recipe":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RecipeError(str(path), 0, 0, (), f"cannot read recipe: {exc.strerror}") from None
+        return cls.from_text(text, str(path), overrides)
+
+    # -- running ---------------------------------------------------------------------------
+    def build_roles(self) -> Roles:
+        from reasonloom.backends.factory import build_backend
+
+        roles = {}
+        for name, cfg in self.spec.models.items():
+            spec = RoleSpec(name=name, model=cfg.model, price_in_per_m=cfg.price_in_per_m,
+                            price_out_per_m=cfg.price_out_per_m, concurrency=cfg.concurrency,
+                            rate_limit=cfg.rate_limit, retry=cfg.retry, timeout_s=cfg.timeout_s)
+            roles[name] = Role(spec, build_backend(cfg.backend_spec()))
+        return Roles(roles, self.spec.order or list(self.spec.models))
+
+    async def arun(self, problem: Problem | str, *, roles: Roles | None = None, **kwargs: Any):
+        from reasonloom.orchestrator.scheduler import run
+
+        kwargs.setdefault("seed", self.spec.seed)
+        kwargs.setdefault("budget", self.spec.budget)
+        kwargs.setdefault("cache", self.spec.cache)
+        return await run(self.graph, problem, roles or self.build_roles(), **kwargs)
+
+    def run(self, problem: Problem | str, **kwargs: Any):
+        """Synchronous convenience: runs on one long-lived background loop, so engines started
+        by one call keep serving the next."""
+        return asyncio.run_coroutine_threadsafe(self.arun(problem, **kwargs),
+                                                background_loop()).result()
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = asyncio.new_event_loop()
+        threading.Thread(target=_LOOP.run_forever, daemon=True, name="reasonloom").start()
+    return _LOOP
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    return Recipe.load(path, overrides)
