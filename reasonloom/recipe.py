@@ -65,7 +65,7 @@ class RoleConfig(FrozenModel):
 class NodeConfig(FrozenModel):
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
-    inputs: dict[str, str] = Field(default_factory=dict)
+    inputs: dict[str, str | list[str]] = Field(default_factory=dict)
 
 
 class RecipeSpec(FrozenModel):

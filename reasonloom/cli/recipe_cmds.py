@@ -71,7 +71,7 @@ def draw_png(recipe, out: str) -> None:
     dag = nx.DiGraph(recipe.graph.validate())
     dag.add_node("problem")
     for name, spec in recipe.graph.nodes.items():
-        for src in spec.inputs.values():
+        for _, src in spec.sources():
             dag.add_edge(src.node, name)
     for layer, nodes in enumerate(nx.topological_generations(dag)):
         for node in nodes:

@@ -71,9 +71,16 @@ class RunContext:
         self.state = state
         self.node = node
         self.roles = state.roles
-        self.rng = random.Random(derive_seed(state.seed, node, "rng"))
+        self._rng: random.Random | None = None
         self._partials = partials if partials is not None else {}
         self._upstream = upstream or {}
+
+    @property
+    def rng(self) -> random.Random:
+        """A random source seeded by (run seed, node): the same run draws the same groups."""
+        if self._rng is None:
+            self._rng = random.Random(derive_seed(self.state.seed, self.node, "rng"))
+        return self._rng
 
     # -- publishing -----------------------------------------------------------------------
     def publish(self, port: str, value: Any) -> None:

@@ -31,7 +31,13 @@ class NodeSpec:
     name: str
     type: NodeType
     config: BaseModel
-    inputs: dict[str, Source] = field(default_factory=dict)
+    # a port fed by several producers gets a list of sources (candidates are concatenated)
+    inputs: dict[str, "Source | list[Source]"] = field(default_factory=dict)
+    streaming: frozenset[str] = frozenset()   # input ports consumed as partial streams
+
+    def sources(self) -> list[tuple[str, Source]]:
+        return [(port, src) for port, ref in self.inputs.items()
+                for src in (ref if isinstance(ref, list) else [ref])]
 
 
 def _config_error(exc: ValidationError) -> tuple[str, tuple[str | int, ...]]:
@@ -55,7 +61,7 @@ class Graph:
         self._dag: nx.DiGraph | None = None
 
     def add(self, name: str, node_type: str, config: Mapping[str, Any] | BaseModel | None = None,
-            inputs: Mapping[str, str] | None = None) -> "Graph":
+            inputs: Mapping[str, str | list[str]] | None = None) -> "Graph":
         if name in self.nodes:
             raise GraphError(f"node {name!r} is defined twice", ("nodes", name))
         if name == PROBLEM:
@@ -72,12 +78,19 @@ class Graph:
             except ValidationError as exc:
                 msg, loc = _config_error(exc)
                 raise GraphError(msg, ("nodes", name, "params", *loc)) from None
-        spec = NodeSpec(name, nt, cfg)
+        spec = NodeSpec(name, nt, cfg, streaming=frozenset(getattr(cfg, "stream_inputs", ())))
         for port, ref in (inputs or {}).items():
             if port not in nt.inputs:
                 raise GraphError(f"node type {nt.name!r} has no input {port!r} "
                                  f"(inputs: {', '.join(nt.inputs)})", ("nodes", name, "inputs", port))
-            spec.inputs[port] = self._parse_ref(ref, port, ("nodes", name, "inputs", port))
+            path = ("nodes", name, "inputs", port)
+            if isinstance(ref, (list, tuple)):
+                if not ref:
+                    raise GraphError("an input list needs at least one source", path)
+                spec.inputs[port] = [self._parse_ref(r, port, (*path, i))
+                                     for i, r in enumerate(ref)]
+            else:
+                spec.inputs[port] = self._parse_ref(ref, port, path)
         self.nodes[name] = spec
         self._dag = None
         return self
@@ -126,21 +139,10 @@ class Graph:
                         continue
                     raise GraphError(f"node {name!r} is missing its input {port!r} ({want_type})",
                                      path)
-                src = spec.inputs[port]
-                if src.node != PROBLEM and src.node not in self.nodes:
-                    raise GraphError(f"node {name!r} input {port!r} names a missing node "
-                                     f"{src.node!r}", path)
-                src = spec.inputs[port] = self._resolve_port(src, port, path)
-                have_type = ("problem" if src.node == PROBLEM
-                             else self.nodes[src.node].type.outputs.get(src.port))
-                if have_type is None:
-                    raise GraphError(f"node {src.node!r} has no output {src.port!r} (outputs: "
-                                     f"{', '.join(self.nodes[src.node].type.outputs)})", path)
-                if "any" not in (want_type, have_type) and want_type != have_type:
-                    raise GraphError(f"port type mismatch: {src.node}.{src.port} gives "
-                                     f"{have_type} but {name}.{port} takes {want_type}", path)
-                if src.node != PROBLEM:
-                    dag.add_edge(src.node, name)
+                ref = spec.inputs[port]
+                resolved = [self._check_source(name, port, want_type, src, path, dag)
+                            for src in (ref if isinstance(ref, list) else [ref])]
+                spec.inputs[port] = resolved if isinstance(ref, list) else resolved[0]
         try:
             cycle = nx.find_cycle(dag)
         except nx.NetworkXNoCycle:
@@ -164,12 +166,30 @@ class Graph:
         self._dag = dag
         return dag
 
+    def _check_source(self, name: str, port: str, want_type: str, src: Source,
+                      path: tuple[str | int, ...], dag: nx.DiGraph) -> Source:
+        if src.node != PROBLEM and src.node not in self.nodes:
+            raise GraphError(f"node {name!r} input {port!r} names a missing node "
+                             f"{src.node!r}", path)
+        src = self._resolve_port(src, port, path)
+        have_type = ("problem" if src.node == PROBLEM
+                     else self.nodes[src.node].type.outputs.get(src.port))
+        if have_type is None:
+            raise GraphError(f"node {src.node!r} has no output {src.port!r} (outputs: "
+                             f"{', '.join(self.nodes[src.node].type.outputs)})", path)
+        if "any" not in (want_type, have_type) and want_type != have_type:
+            raise GraphError(f"port type mismatch: {src.node}.{src.port} gives "
+                             f"{have_type} but {name}.{port} takes {want_type}", path)
+        if src.node != PROBLEM:
+            dag.add_edge(src.node, name)
+        return src
+
     def to_mermaid(self) -> str:
         self.validate()
         lines = ["flowchart LR", "  problem([problem])"]
         for name, spec in self.nodes.items():
             lines.append(f"  {name}[\"{name}<br/>{spec.type.name}\"]")
         for name, spec in self.nodes.items():
-            for port, src in spec.inputs.items():
+            for port, src in spec.sources():
                 lines.append(f"  {src.node} -->|{port}| {name}")
         return "\n".join(lines)

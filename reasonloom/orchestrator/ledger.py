@@ -1,6 +1,7 @@
 """The ledger: one record per model-call attempt, with totals per node, per role, overall."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from pydantic import BaseModel
@@ -10,7 +11,11 @@ from reasonloom.orchestrator.types import Usage
 CallKind = Literal["generate", "stream", "score"]
 
 
-class CallRecord(BaseModel):
+@dataclass(slots=True)
+class CallRecord:
+    """One attempt. A slotted dataclass, not a pydantic model: it is built on the hot path of
+    every call (see benchmarks/overhead.py)."""
+
     node: str
     role: str
     model: str
@@ -36,6 +41,9 @@ class CallRecord(BaseModel):
                      completion_tokens=self.completion_tokens,
                      cached_prompt_tokens=self.cached_prompt_tokens, cost_usd=self.cost_usd)
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
 
 class UsageReport(BaseModel):
     total: Usage
@@ -53,13 +61,25 @@ class Ledger:
         self.records.append(rec)
 
     def report(self) -> UsageReport:
-        total, by_role, by_node = Usage(), {}, {}
+        # plain lists while summing: this runs over every record of big graphs
+        total = [0, 0, 0, 0, 0.0]
+        by_role: dict[str, list] = {}
+        by_node: dict[str, list] = {}
         for rec in self.records:
-            u = rec.usage()
-            total.add(u)
-            by_role.setdefault(rec.role, Usage()).add(u)
-            by_node.setdefault(rec.node, Usage()).add(u)
-        return UsageReport(total=total, by_model=by_role, by_node=by_node)
+            row = (1, rec.prompt_tokens, rec.completion_tokens, rec.cached_prompt_tokens,
+                   rec.cost_usd)
+            for acc in (total, by_role.setdefault(rec.role, [0, 0, 0, 0, 0.0]),
+                        by_node.setdefault(rec.node, [0, 0, 0, 0, 0.0])):
+                for i, value in enumerate(row):
+                    acc[i] += value
+
+        def usage(acc: list) -> Usage:
+            return Usage(calls=acc[0], prompt_tokens=acc[1], completion_tokens=acc[2],
+                         cached_prompt_tokens=acc[3], cost_usd=acc[4])
+
+        return UsageReport(total=usage(total),
+                           by_model={k: usage(v) for k, v in by_role.items()},
+                           by_node={k: usage(v) for k, v in by_node.items()})
 
     @property
     def cost_usd(self) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from typing import Iterator, Mapping
 
@@ -42,6 +43,39 @@ class RoleSpec(FrozenModel):
                 + completion_tokens * self.price_out_per_m) / 1e6
 
 
+class ConcurrencyLimiter:
+    """FIFO limit on calls in flight. A plain counter on the fast path: asyncio.Semaphore's
+    fairness check costs more than the rest of a scripted call (benchmarks/overhead.py)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_flight = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut   # release() hands its slot over: in_flight is already counted
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()   # the slot arrived as we were cancelled: pass it on
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.in_flight -= 1
+
+
 class Role:
     """A role at run time: its spec, its backend and the limiters shared by every node."""
 
@@ -49,7 +83,7 @@ class Role:
         self.spec = spec
         self.backend = backend
         self.name = spec.name
-        self._semaphore = asyncio.Semaphore(spec.concurrency)
+        self._semaphore = ConcurrencyLimiter(spec.concurrency)
         self._throttler = Throttler(rate_limit=spec.rate_limit) if spec.rate_limit else None
 
     @property

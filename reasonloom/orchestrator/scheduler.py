@@ -13,7 +13,7 @@ from reasonloom.orchestrator.budget import Budget, BudgetExceeded, BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode, RunStore
 from reasonloom.orchestrator.context import PartialStream, RunContext, RunState
 from reasonloom.orchestrator.events import Event, EventBus
-from reasonloom.orchestrator.graph import PROBLEM, Graph, NodeSpec
+from reasonloom.orchestrator.graph import PROBLEM, Graph, NodeSpec, Source
 from reasonloom.orchestrator.result import NodeFailure, RunFailed, RunResult
 from reasonloom.orchestrator.roles import Roles
 from reasonloom.orchestrator.types import Answer, Candidate, Candidates, Problem
@@ -58,6 +58,27 @@ class Scheduler:
         self.partials: dict[str, dict[str, PartialStream]] = {n: {} for n in graph.nodes}
         self.outputs: dict[str, dict[str, Any]] = dict(finished or {})
         self.failures: list[NodeFailure] = []
+        self.budget_error: BudgetExceeded | None = None
+
+    def _stream_of(self, src: Source) -> PartialStream:
+        stream = self.partials[src.node].get(src.port)
+        if stream is None:
+            stream = self.partials[src.node][src.port] = PartialStream()
+            if src.node in self.outputs:   # the producer finished before we subscribed
+                stream.publish(self.outputs[src.node][src.port], final=True)
+        return stream
+
+    async def _input(self, name: str, src: Source) -> Any:
+        if src.node == PROBLEM:
+            return self.problem
+        try:
+            produced = await self.results[src.node]
+        except (_UpstreamFailed, Exception) as exc:
+            cause = exc.node if isinstance(exc, _UpstreamFailed) else src.node
+            self.failures.append(NodeFailure(node=name, error="cancelled",
+                                             cancelled_because=cause))
+            raise _UpstreamFailed(cause) from None
+        return produced[src.port]
 
     async def _run_node(self, spec: NodeSpec) -> dict[str, Any]:
         name = spec.name
@@ -65,28 +86,30 @@ class Scheduler:
             return self.outputs[name]
         inputs: dict[str, Any] = {}
         upstream: dict[str, PartialStream] = {}
-        streaming = getattr(spec.config, "stream_inputs", ()) or ()
-        for port, src in spec.inputs.items():
-            if src.node == PROBLEM:
-                inputs[port] = self.problem
+        streaming = spec.streaming
+        for port, ref in spec.inputs.items():
+            if isinstance(ref, list):   # several producers: candidates concatenate
+                values = [await self._input(name, src) for src in ref]
+                inputs[port] = (Candidates(c for value in values for c in value)
+                                if spec.type.inputs[port] == "candidates" else values)
             elif port in streaming:
-                upstream[port] = self.partials[src.node].setdefault(src.port, PartialStream())
+                upstream[port] = self._stream_of(ref)
             else:
-                try:
-                    produced = await self.results[src.node]
-                except (_UpstreamFailed, Exception) as exc:
-                    cause = exc.node if isinstance(exc, _UpstreamFailed) else src.node
-                    self.failures.append(NodeFailure(node=name, error="cancelled",
-                                                     cancelled_because=cause))
-                    raise _UpstreamFailed(cause) from None
-                inputs[port] = produced[src.port]
+                inputs[port] = await self._input(name, ref)
         events = self.state.events
         if events.active:
             events.emit("node_started", name, type=spec.type.name)
         ctx = RunContext(self.state, name, self.partials[name], upstream)
         try:
             out = await spec.type.fn(inputs, spec.config, ctx)
-        except (BudgetExceeded, asyncio.CancelledError):
+        except BudgetExceeded as exc:
+            # the whole run stops: cancel every other node, keep what finished
+            self.budget_error = self.budget_error or exc
+            for task in self.results.values():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            raise
+        except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.failures.append(NodeFailure(node=name, error=f"{type(exc).__name__}: {exc}"))
@@ -97,9 +120,10 @@ class Scheduler:
             for stream in self.partials[name].values():
                 stream.close()
         out = dict(out)
-        for port, value in out.items():   # final values reach streaming consumers too
-            self.partials[name].setdefault(port, PartialStream()).publish(value, final=True)
         self.outputs[name] = out
+        for port, stream in self.partials[name].items():   # streaming consumers get the end
+            if port in out:
+                stream.publish(out[port], final=True)
         if self.state.store is not None:
             self.state.store.put_node_output(name, _jsonable(out))
         if events.active:
@@ -107,42 +131,19 @@ class Scheduler:
         return out
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for name in self.graph.nodes:
-            self.results[name] = loop.create_future()
-        tasks = []
-        for name in self.graph.nodes:
-            task = asyncio.ensure_future(self._run_node(self.graph.nodes[name]))
-            task.add_done_callback(self._settle(name))
-            tasks.append(task)
+        """One task per node; a node's task is also the future its consumers await (tasks
+        only start once all exist). Failures are recorded where they happen."""
+        for name, spec in self.graph.nodes.items():
+            self.results[name] = asyncio.ensure_future(self._run_node(spec))
+        tasks = list(self.results.values())
         try:
-            for fut in asyncio.as_completed(tasks):
-                try:
-                    await fut
-                except BudgetExceeded:
-                    raise
-                except Exception:
-                    pass   # recorded in failures; dependants cancel themselves
-        finally:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:   # the caller was cancelled (e.g. a client went away): stop every node
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for fut in self.results.values():
-                if fut.done() and not fut.cancelled():
-                    fut.exception()   # mark retrieved
-
-    def _settle(self, name: str) -> Callable[[asyncio.Future], None]:
-        def done(task: asyncio.Future) -> None:
-            fut = self.results[name]
-            if fut.done():
-                return
-            if task.cancelled():
-                fut.cancel()
-            elif task.exception() is not None:
-                fut.set_exception(task.exception())
-            else:
-                fut.set_result(task.result())
-        return done
+        if self.budget_error is not None:
+            raise self.budget_error
 
 
 async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int = 0,

@@ -1,0 +1,42 @@
+"""Helpers shared by the benchmarks: data location, result files, machine description."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def data_dir() -> Path:
+    """`${REASONLOOM_DATA:-../shared/data}`, relative to the repository root."""
+    raw = os.environ.get("REASONLOOM_DATA", "../shared/data")
+    path = Path(raw)
+    return path if path.is_absolute() else (ROOT / path).resolve()
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.system()}"
+
+
+def python_version() -> str:
+    return sys.version.split()[0]
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def print_table(rows: list[tuple], header: tuple) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = "  ".join(f"{{:{w}}}" for w in widths)
+    print(line.format(*header))
+    print(line.format(*("-" * w for w in widths)))
+    for row in rows:
+        print(line.format(*(str(x) for x in row)))

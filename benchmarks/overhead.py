@@ -1,0 +1,152 @@
+"""Runtime overhead per node and calls in flight, on a scripted backend (issue: DAG runtime).
+
+(a) a 10,000-node random DAG, every node making one model call through the runtime (ledger,
+    budget and event bus on; trace writer and cache off; graph building excluded), against the
+    same graph on bare asyncio tasks; the backend awaits asyncio.sleep(0).
+(b) fan-out: 1 source -> 9,998 independent nodes -> 1 sink, concurrency limit 10,000, the
+    backend awaits asyncio.sleep(0.05): how many calls are in flight at once.
+
+    python benchmarks/overhead.py --quick
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import machine, print_table, python_version, write_result  # noqa: E402
+from reasonloom.backends.base import GenerateRequest  # noqa: E402
+from reasonloom.backends.scripted import ScriptedBackend  # noqa: E402
+from reasonloom.orchestrator.budget import BudgetSpec  # noqa: E402
+from reasonloom.orchestrator.graph import Graph  # noqa: E402
+from reasonloom.orchestrator.registry import register_node  # noqa: E402
+from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
+from reasonloom.orchestrator.scheduler import run  # noqa: E402
+from reasonloom.orchestrator.types import Candidate, Candidates, FrozenModel, Message  # noqa: E402
+
+REQUEST = GenerateRequest(messages=(Message(role="user", content="q"),), max_tokens=4)
+
+
+class OneCall(FrozenModel):
+    pass
+
+
+@register_node("bench_one_call", OneCall, inputs={"problem": "problem", "upstream": "any"},
+               outputs={"candidates": "candidates"}, optional_inputs=("upstream",))
+async def one_call(inputs, cfg, ctx):
+    gen = await ctx.generate("strongest", REQUEST, "call")
+    return {"candidates": Candidates([Candidate(text=gen.samples[0].text)])}
+
+
+def quick_answer(req, index):
+    return "ok"
+
+
+def random_dag(nodes: int, seed: int = 0) -> list[list[int]]:
+    """Each node depends on up to 3 earlier nodes (a random DAG in topological order)."""
+    rng = random.Random(seed)
+    return [rng.sample(range(i), min(i, rng.randint(0, 3))) for i in range(nodes)]
+
+
+def build_graph(parents: list[list[int]]) -> Graph:
+    g = Graph()
+    for i, ps in enumerate(parents):
+        g.add(f"n{i}", "bench_one_call", {},
+              {"upstream": [f"n{p}.candidates" for p in ps]} if ps else {})
+    sinks = set(range(len(parents))) - {p for ps in parents for p in ps}
+    g.add("sink", "bench_one_call", {}, {"upstream": [f"n{i}.candidates" for i in sorted(sinks)]})
+    g.set_output("sink")
+    g.validate()
+    return g
+
+
+def roles(delay: float, concurrency: int) -> tuple[Roles, ScriptedBackend]:
+    backend = ScriptedBackend(quick_answer, delay_s=delay)
+    spec = RoleSpec(name="strong", concurrency=concurrency, price_in_per_m=1, price_out_per_m=2)
+    return Roles({"strong": Role(spec, backend)}), backend
+
+
+async def bare_asyncio(parents: list[list[int]], delay: float) -> None:
+    """The same DAG as plain tasks awaiting their parents and one sleep each."""
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in parents]
+
+    async def node(i: int) -> None:
+        for p in parents[i]:
+            await futures[p]
+        await asyncio.sleep(delay)
+        futures[i].set_result(i)
+
+    await asyncio.gather(*(node(i) for i in range(len(parents))))
+
+
+def time_runtime(graph: Graph, delay: float, concurrency: int) -> tuple[float, ScriptedBackend]:
+    role_set, backend = roles(delay, concurrency)
+    events_seen = []
+    gc.collect()
+    t0 = time.perf_counter()
+
+    async def timed() -> None:   # returns None: asyncio.run's teardown reprs the task's result
+        # the event bus is on: one cheap subscriber counts events
+        await run(graph, "q", role_set, budget=BudgetSpec(tokens=10**12),
+                  subscribers=[lambda e: events_seen.append(1)])
+
+    asyncio.run(timed())
+    wall = time.perf_counter() - t0
+    return wall, backend
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--nodes", type=int, default=10_000)
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    n = args.nodes
+
+    parents = random_dag(n)
+    graph = build_graph(parents)
+    runtime_s, bare_s = [], []
+    for _ in range(repeats):
+        wall, _ = time_runtime(graph, 0.0, n)
+        runtime_s.append(wall)
+        gc.collect()
+        t0 = time.perf_counter()
+        asyncio.run(bare_asyncio(parents, 0.0))
+        bare_s.append(time.perf_counter() - t0)
+    per_node = statistics.median(runtime_s) / (n + 1) * 1e6
+    per_node_bare = statistics.median(bare_s) / n * 1e6
+
+    fan = Graph()
+    fan.add("source", "bench_one_call", {})
+    for i in range(n - 2):
+        fan.add(f"w{i}", "bench_one_call", {}, {"upstream": "source.candidates"})
+    fan.add("sink", "bench_one_call", {}, {"upstream": [f"w{i}.candidates" for i in range(n - 2)]})
+    fan.set_output("sink")
+    fan.validate()
+    fan_wall, backend = time_runtime(fan, 0.05, 10_000)
+
+    rows = [("runtime (ledger+budget+events)", f"{per_node:.1f}", f"{statistics.median(runtime_s):.2f}"),
+            ("bare asyncio tasks", f"{per_node_bare:.1f}", f"{statistics.median(bare_s):.2f}")]
+    print(f"(a) {n}-node random DAG, one call per node, median of {repeats}")
+    print_table(rows, ("arm", "us/node", "wall s"))
+    print(f"\n(b) fan-out 1 -> {n - 2} -> 1, 50 ms calls, limit 10,000: max in flight "
+          f"{backend.max_in_flight}, wall {fan_wall:.2f}s")
+    path = write_result("overhead", {
+        "overhead_us_per_node": round(per_node, 2),
+        "overhead_us_per_node_bare": round(per_node_bare, 2),
+        "max_in_flight": backend.max_in_flight, "nodes": n, "fanout_wall_s": round(fan_wall, 3),
+        "repeats": repeats, "python": python_version(), "machine": machine(),
+        "targets": {"overhead_us_per_node": "<= 40", "max_in_flight": ">= 5000"}})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
