@@ -119,3 +119,19 @@ def vllm_server(tmp_path_factory):
                 break
             except subprocess.TimeoutExpired:
                 continue
+
+
+def on_test_engine(path, extra=()):
+    """Load a recipe with every embedded role pointed at the session's one engine (same engine
+    arguments, so no second in-process engine starts)."""
+    import json as _json
+
+    import yaml as _yaml
+
+    from reasonloom.recipe import load_recipe
+
+    raw = _yaml.safe_load(open(path))
+    overrides = [f"models.{name}.engine={_json.dumps(EMBEDDED_ENGINE_ARGS)}"
+                 for name, role in raw["models"].items()
+                 if role.get("backend", "embedded") == "embedded"]
+    return load_recipe(path, [*overrides, *extra])

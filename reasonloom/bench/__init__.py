@@ -1,0 +1,1 @@
+"""`reasonloom bench`: accuracy, cost, tokens, latency and energy of recipes on datasets."""

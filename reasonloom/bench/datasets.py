@@ -1,0 +1,98 @@
+"""Benchmark items: JSONL files in the project's schema (with a field mapping for others), or
+seeded reasoning-gym generators graded by their own checkers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+
+class DatasetError(ValueError):
+    """One line naming the file (and line) and what is wrong."""
+
+
+class Item(BaseModel):
+    id: str | int
+    question: str
+    answer: str | None = None
+    context: str | None = None
+    # reasoning-gym items are graded by their task's own checker (kept out of the JSON)
+    checker: Any = None
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"checker"})
+
+
+def parse_fields(spec: str | None) -> dict[str, str]:
+    """`question=problem,answer=solution` -> {"question": "problem", "answer": "solution"}."""
+    mapping = {"question": "question", "answer": "answer", "context": "context", "id": "id"}
+    for part in filter(None, (spec or "").split(",")):
+        ours, sep, theirs = part.partition("=")
+        if not sep or ours.strip() not in mapping:
+            raise DatasetError(f"--fields: expected OURS=THEIRS with OURS in "
+                               f"{', '.join(mapping)}, got {part!r}")
+        mapping[ours.strip()] = theirs.strip()
+    return mapping
+
+
+def load_jsonl(path: str, limit: int | None = None, fields: dict[str, str] | None = None
+               ) -> list[Item]:
+    fields = fields or parse_fields(None)
+    file = Path(path)
+    if not file.is_file():
+        raise DatasetError(f"{path}: no such file")
+    items: list[Item] = []
+    with file.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not a JSON line ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{lineno}: a row must be a JSON object")
+            question = row.get(fields["question"])
+            if question is None and "turns" in row:   # MT-Bench: the first turn
+                question = row["turns"][0]
+            if not isinstance(question, str):
+                raise DatasetError(f"{path}:{lineno}: missing field {fields['question']!r}")
+            if fields["answer"] not in row:
+                raise DatasetError(f"{path}:{lineno}: missing field {fields['answer']!r}")
+            answer = row[fields["answer"]]
+            items.append(Item(id=row.get(fields["id"], row.get("question_id", lineno)),
+                              question=question,
+                              answer=None if answer is None else str(answer),
+                              context=row.get(fields["context"])))
+            if limit is not None and len(items) >= limit:
+                break
+    if not items:
+        raise DatasetError(f"{path}: no rows")
+    return items
+
+
+def load_reasoning_gym(source: str, limit: int | None = None, seed: int = 0) -> list[Item]:
+    """`reasoning-gym:TASK`: `limit` seeded items (default 20), each with its task's checker."""
+    task = source.split(":", 1)[1]
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise DatasetError("reasoning-gym is not installed: pip install reasoning-gym") from None
+    try:
+        data = reasoning_gym.create_dataset(task, size=limit or 20, seed=seed)
+    except Exception as exc:
+        raise DatasetError(f"{source}: unknown reasoning-gym task ({exc})") from None
+    items = []
+    for i, entry in enumerate(data):
+        checker: Callable[[str], float] = (lambda answer, e=entry: data.score_answer(answer, e))
+        items.append(Item(id=f"{task}-{i}", question=entry["question"],
+                          answer=str(entry["answer"]), checker=checker))
+    return items
+
+
+def load_items(source: str, limit: int | None = None, fields: str | None = None) -> list[Item]:
+    if source.startswith("reasoning-gym:"):
+        return load_reasoning_gym(source, limit)
+    return load_jsonl(source, limit, parse_fields(fields))
