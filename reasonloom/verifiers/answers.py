@@ -1,9 +1,10 @@
 """Answer extraction and comparison: the ONE place every strategy and grader uses."""
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from fractions import Fraction
 from typing import Callable, Sequence
 
@@ -12,8 +13,14 @@ from reasonloom.orchestrator.types import Candidate
 _BOXED = re.compile(r"\\boxed\s*\{")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*[:=]?\s*\$?([^\n$]+?)\$?\s*(?:\.\s|\.$|$|\n)",
                         re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-_LETTER = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?\b", re.IGNORECASE)
+# A comma counts as a thousands separator only between groups of three digits ("1,234"),
+# so "3,4" stays two numbers and "1,5" is never read as 15.
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?")
+_LETTER = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-J])\)?(?![\w])",
+                     re.IGNORECASE)
+# A bare option at the start of a reply: "B", "(C)", "D." -- but not the word "I".
+_LEADING_LETTER = re.compile(r"^\s*\(?([A-J])(?:\)|\.|:|$)")
+_LONE_LETTER = re.compile(r"^\(?([A-J])\)?$")
 
 
 def _boxed_contents(text: str) -> str | None:
@@ -33,7 +40,10 @@ def extract_answer(text: str, kind: str = "auto") -> str | None:
     if not text:
         return None
     if kind == "mc":
-        match = _LETTER.search(text) or re.search(r"\b([A-J])\b", text.strip()[:3])
+        matches = _LETTER.findall(text)
+        if matches:
+            return matches[-1].upper()
+        match = _LEADING_LETTER.match(text)
         return match.group(1).upper() if match else None
     boxed = _boxed_contents(text)
     if boxed is not None:
@@ -41,6 +51,9 @@ def extract_answer(text: str, kind: str = "auto") -> str | None:
     matches = _ANSWER_IS.findall(text)
     if matches:
         answer = matches[-1].strip().rstrip(".")
+        letter = _LONE_LETTER.match(answer)
+        if letter:   # "the answer is (B)" -> B
+            return letter.group(1)
         numbers = _NUMBER.findall(answer)
         # "the answer is 42 apples" -> 42; keep non-numeric answers as they are
         return numbers[0].replace(",", "") if len(numbers) == 1 else answer
@@ -49,8 +62,12 @@ def extract_answer(text: str, kind: str = "auto") -> str | None:
 
 
 def _numeric(value: str) -> Fraction | None:
-    s = value.strip().strip("$").replace(",", "").replace("\\!", "").rstrip(".")
-    s = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", s).strip()
+    s = value.strip().strip("$").replace("\\!", "").replace("{,}", ",").rstrip(".")
+    s = re.sub(r"^\\(?:text|mathrm)\{([^}]*)\}$", r"\1", s)   # \text{12 cm} -> 12 cm
+    s = re.sub(r"\\(?:text|mathrm)\{[^}]*\}", "", s).strip()  # 12\text{ cm} -> 12
+    s = s.replace("\\$", "").replace("$", "").strip()
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?:\s*\S*)", s):
+        s = s.replace(",", "")   # thousands separators only; "1,5" stays unparsed
     s = re.sub(r"\s*(%|\\%)$", "", s)
     frac = re.fullmatch(r"\\d?frac\{(-?\d+)\}\{(\d+)\}", s)
     if frac:
@@ -62,7 +79,14 @@ def _numeric(value: str) -> Fraction | None:
         return None
 
 
-_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="math-verify")
+def as_number(value: str) -> Fraction | None:
+    """The number an answer states ("1,234", "\\frac{1}{2}", "12 cm", "50%"), else None."""
+    return _numeric(value)
+
+
+# math-verify logs a warning on every call made with its own (signal-based) timeouts off.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+_MAX_SYMBOLIC_CHARS = 400   # longer "answers" are prose: sympy can take minutes on them
 
 
 def _math_verify(a: str, b: str) -> bool:
@@ -84,12 +108,35 @@ def answers_equal(a: str | None, b: str | None, timeout_s: float = 5.0) -> bool:
     na, nb = _numeric(a), _numeric(b)
     if na is not None and nb is not None:
         return na == nb
-    try:
-        return _POOL.submit(_math_verify, a, b).result(timeout=timeout_s)
-    except FutureTimeout:
+    if max(len(a), len(b)) > _MAX_SYMBOLIC_CHARS:
+        return _folded(a) == _folded(b)
+    return _symbolic_equal(a, b, timeout_s)
+
+
+def _folded(answer: str) -> str:
+    return re.sub(r"\s+", "", answer).lower()
+
+
+def _symbolic_equal(a: str, b: str, timeout_s: float) -> bool:
+    """math-verify in a daemon thread: its signal timeouts only work in the main thread (and
+    would fight the event loop there), and a thread-pool worker stuck in sympy would block
+    the interpreter's exit. A stuck daemon thread is abandoned; the answer is then False."""
+    box: list[bool | BaseException] = []
+
+    def work() -> None:
+        try:
+            box.append(_math_verify(a, b))
+        except BaseException as exc:   # parse errors of odd answers: fall back below
+            box.append(exc)
+
+    worker = threading.Thread(target=work, name="math-verify", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not box:
         return False
-    except Exception:
-        return a.strip().lower() == b.strip().lower()
+    if isinstance(box[0], BaseException):
+        return _folded(a) == _folded(b)
+    return bool(box[0])
 
 
 def canonical(answer: str) -> str:
@@ -97,7 +144,7 @@ def canonical(answer: str) -> str:
     number = _numeric(answer)
     if number is not None:
         return str(number)
-    return re.sub(r"\s+", "", answer).lower()
+    return _folded(answer)
 
 
 def majority_answer(candidates: Sequence[Candidate],
