@@ -207,20 +207,29 @@ def test_loops_replace_the_population_and_route_each_group_to_one_role():
                for c in calls if c["call_kind"] == "score")
 
 
-def test_cut_point_zero_uses_the_strong_role_only_for_the_first_loop_and_scores_nothing():
+def scored_during_the_loops(calls: list[dict]) -> int:
+    """Score calls before the last generation (after it, only the final vote's tie-break)."""
+    last = max(i for i, c in enumerate(calls) if c["call_kind"] == "generate")
+    return sum(1 for c in calls[:last] if c["call_kind"] == "score")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cut_point_zero_uses_the_strong_role_only_for_the_first_loop_and_scores_nothing(seed):
     result, calls = run_evolve({"population": 4, "group_size": 2, "loops": 3,
-                                "cut_points": [0]}, roles_of())
+                                "cut_points": [0]}, roles_of(), seed=seed)
     assert result.answer.details["routing"] == {"strong": 0, "cheap": 8}
     assert [c["role"] for c in calls if c["call_kind"] == "generate"].count("strong") == 1
-    assert not [c for c in calls if c["call_kind"] == "score"]
+    assert scored_during_the_loops(calls) == 0
+    assert all(rec["fitness"] is None for rec in result.answer.details["loops"])
 
 
-def test_single_model_baseline_is_one_role_and_never_scores():
+@pytest.mark.parametrize("seed", range(3))
+def test_single_model_baseline_is_one_role_and_never_scores_to_route(seed):
     result, calls = run_evolve({"population": 4, "group_size": 2, "loops": 3,
-                                "roles": ["cheap"]}, roles_of())
+                                "roles": ["cheap"]}, roles_of(), seed=seed)
     assert result.answer.details["routing"] == {"cheap": 8}
     assert {c["role"] for c in calls} == {"cheap"}   # "strongest" = the top of THIS ranking
-    assert not [c for c in calls if c["call_kind"] == "score"]
+    assert scored_during_the_loops(calls) == 0
 
 
 def test_three_roles_split_by_two_cut_points():
@@ -287,3 +296,24 @@ def test_shipped_recipes_are_valid_evolve_configs():
         assert len(ranked) == roles and all(r in recipe["models"] for r in ranked)
         assert roles == 1 or len(cfg.cut_points) == roles - 1
         assert cfg.scorer in recipe["models"] or cfg.scorer in ("cheapest", "strongest")
+
+
+def test_final_tie_is_broken_by_scoring_only_the_tied_leaders():
+    from reasonloom.orchestrator.context import RunContext, RunState
+    from reasonloom.strategies.evolve import score_tied_leaders
+
+    scorer = Recording()
+    roles = roles_of(backends={"cheap": scorer})
+    ctx = RunContext(RunState(run_id="t", seed=0, roles=roles), "evolve")
+    cfg = EvolveConfig(population=4)
+    clear = [member("The answer is 4."), member("So 4. The answer is 4."),
+             member("The answer is 9.")]
+    asyncio.run(score_tied_leaders(clear, roles["cheap"], cfg, ctx))
+    assert scorer.scored == [] and all(m.candidate.score is None for m in clear)
+    tied = [member("The answer is 4."), member("Then 9. The answer is 9."),
+            member("So 4. The answer is 4."), member("The answer is 9."), member("no idea")]
+    asyncio.run(score_tied_leaders(tied, roles["cheap"], cfg, ctx))
+    assert len(scorer.scored) == 4 and tied[4].candidate.score is None
+    means = {a: sum(m.candidate.score for m in tied[:4] if a in m.candidate.text) / 2
+             for a in ("4", "9")}
+    assert vote(tied).answer == max(means, key=means.get)
