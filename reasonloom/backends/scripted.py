@@ -22,13 +22,29 @@ def seeded_answer(req: GenerateRequest, index: int) -> str:
     return f"Let me think step by step. The answer is {rng.randint(0, 9)}."
 
 
+def echo_answer(req: GenerateRequest, index: int) -> str:
+    """Repeats the last message inside a seeded answer: every request's text is its own, so a
+    load test can tell one stream's chunks from another's."""
+    rng = random.Random(f"{req.seed}/{index}/{req.messages[-1].content}")
+    return f"You said: {req.messages[-1].content} The answer is {rng.randint(0, 9)}."
+
+
+# Responders a recipe can name (`options: {responder: echo}`); code may pass any callable.
+RESPONDERS: dict[str, Responder] = {"seeded": seeded_answer, "echo": echo_answer}
+
+
 class ScriptedBackend(Backend):
     name = "scripted"
 
-    def __init__(self, responder: Responder | None = None, *, model: str = "scripted",
+    def __init__(self, responder: Responder | str | None = None, *, model: str = "scripted",
                  delay_s: float = 0.0, chunk_chars: int = 4, chunk_delay_s: float = 0.0,
                  logprobs: bool = True, faults: Callable[[GenerateRequest], BackendError | None]
                  | None = None):
+        if isinstance(responder, str):
+            if responder not in RESPONDERS:
+                raise ValueError(f"unknown scripted responder {responder!r} (known: "
+                                 f"{', '.join(RESPONDERS)})")
+            responder = RESPONDERS[responder]
         self.responder = responder or seeded_answer
         self.model = model
         self.delay_s = delay_s
@@ -66,17 +82,22 @@ class ScriptedBackend(Backend):
 
     async def stream(self, req: GenerateRequest) -> AsyncIterator[Delta]:
         self.calls += 1
-        await asyncio.sleep(self.delay_s)
-        if self.faults is not None and (err := self.faults(req)) is not None:
-            raise err
-        text = self.responder(req, 0)
-        for start in range(0, len(text), self.chunk_chars):
-            if self.chunk_delay_s:
-                await asyncio.sleep(self.chunk_delay_s)
-            yield Delta(text=text[start:start + self.chunk_chars])
-        yield Delta(finish_reason="stop",
-                    prompt_tokens=sum(self._count(m.content) for m in req.messages),
-                    completion_tokens=self._count(text))
+        self.in_flight += 1   # streams count too: a cancelled run must leave none behind
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+            if self.faults is not None and (err := self.faults(req)) is not None:
+                raise err
+            text = self.responder(req, 0)
+            for start in range(0, len(text), self.chunk_chars):
+                if self.chunk_delay_s:
+                    await asyncio.sleep(self.chunk_delay_s)
+                yield Delta(text=text[start:start + self.chunk_chars])
+            yield Delta(finish_reason="stop",
+                        prompt_tokens=sum(self._count(m.content) for m in req.messages),
+                        completion_tokens=self._count(text))
+        finally:
+            self.in_flight -= 1
 
     async def prompt_logprobs(self, messages: Sequence[Message], text: str,
                               top_k: int = 0) -> list[TokenLogprob]:

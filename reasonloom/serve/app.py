@@ -1,0 +1,132 @@
+"""`reasonloom serve`'s ASGI app: recipes as OpenAI-compatible chat models.
+
+Example:
+    >>> app = create_app(Catalog.from_dir("recipes"), api_key="secret", max_running=32)
+    >>> uvicorn.run(app, port=8000)
+    # then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")
+    #       .chat.completions.create(model="self_consistency", messages=[...], stream=True)
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reasonloom.serve.catalog import Catalog
+from reasonloom.serve.protocol import ApiError, parse_request
+from reasonloom.serve.runs import RunCounter, RunHandle, complete, stream_frames
+
+log = logging.getLogger("reasonloom.serve")
+MAX_BODY_BYTES = 1 << 20   # 1 MiB: chat turns, not documents
+
+
+class _Guard:
+    """Outermost ASGI layer: an unexpected error becomes a short OpenAI-shaped 500 and one log
+    line, never a traceback (Starlette's own handler re-raises, and uvicorn prints it)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.error("%s %s: %s: %s", scope.get("method"), scope.get("path"),
+                      type(exc).__name__, str(exc)[:200])
+            if not started:
+                response = ApiError(500, "internal server error").response()
+                await response(scope, receive, send)
+
+
+def _authorized(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not token or scheme.lower() != "bearer":
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer KEY'",
+                       code="invalid_api_key")
+    if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise ApiError(401, "incorrect API key", code="invalid_api_key")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"request body over the {limit}-byte limit",
+                       code="request_too_large")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise ApiError(413, f"request body over the {limit}-byte limit",
+                           code="request_too_large")
+    return bytes(body)
+
+
+def create_app(catalog: Catalog, *, api_key: str | None = None, max_running: int = 64,
+               max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+    app = FastAPI(title="reasonloom", docs_url=None, redoc_url=None, openapi_url=None)
+    counter = RunCounter(max_running)
+    started = int(time.time())
+    app.state.catalog, app.state.runs = catalog, counter
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ApiError(exc.status_code, str(exc.detail), code="not_found"
+                        if exc.status_code == 404 else None).response()
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": len(catalog.recipes), "running": counter.running}
+
+    def model_card(name: str) -> dict[str, Any]:
+        served = catalog.recipes[name]
+        return {"id": name, "object": "model", "created": started, "owned_by": "reasonloom",
+                "description": served.recipe.spec.description}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        _authorized(request, api_key)
+        return {"object": "list", "data": [model_card(n) for n in sorted(catalog.recipes)]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str, request: Request) -> dict[str, Any]:
+        _authorized(request, api_key)
+        catalog.get(name)
+        return model_card(name)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        _authorized(request, api_key)
+        req = parse_request(await _read_body(request, max_body_bytes))
+        served = catalog.get(req.model)
+        handle = RunHandle(served, req, counter, stream=bool(req.stream))
+        if req.stream:
+            return EventSourceResponse(stream_frames(handle), ping=15, sep="\n")
+        body = await complete(handle, request.receive)
+        if body is None:   # the client hung up; nobody reads this
+            return Response(status_code=499)
+        return JSONResponse(body)
+
+    return _Guard(app)
