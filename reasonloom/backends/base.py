@@ -98,6 +98,12 @@ class Backend(abc.ABC):
 
         raise CapabilityMissing(f"{self.name}: tokenize is not supported")
 
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        """Token ids back to text (the inverse of `tokenize`), e.g. to cut a document by tokens."""
+        from reasonloom.backends.errors import CapabilityMissing
+
+        raise CapabilityMissing(f"{self.name}: detokenize is not supported")
+
     def estimate_tokens(self, text: str) -> int:
         """Cheap upper-ish estimate used only for budget reservations before a call."""
         return len(text) // 3 + 1

@@ -71,6 +71,11 @@ class VLLMBackend(Backend):
     async def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        # No clean-up: the text must be exactly what the ids encode (chunks are re-joined).
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+
     def render(self, messages: Sequence[Message], assistant_prefix: str | None = None
                ) -> list[int]:
         """Chat template -> token ids; an assistant prefix is continued, not closed."""
