@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,8 @@ from reasonloom.recipe import RecipeError, load_recipe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", metavar="RECIPE")
-    src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("recipe", metavar="RECIPE", nargs="?")
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--input", metavar="TEXT", help="one question")
     src.add_argument("--dataset", metavar="FILE.jsonl", help="question/answer[/context] rows")
     p.add_argument("--limit", type=int, metavar="N")
@@ -22,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON line per problem")
     p.add_argument("--trace", metavar="FILE.jsonl", help="append every event to this file")
     p.add_argument("--context-file", metavar="FILE", help="a long document for --input")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a killed run")
 
 
 class DatasetError(ValueError):
@@ -63,6 +66,27 @@ def cost_line(result) -> str:
             f"{result.run_id}")
 
 
+def _manifest_path(run_id: str) -> Path:
+    from reasonloom.orchestrator.cache import runs_dir
+
+    return runs_dir() / f"{run_id}.json"
+
+
+def save_manifest(run_id: str, manifest: dict[str, Any]) -> None:
+    """Atomic: a kill between two writes leaves the previous manifest, never half of one."""
+    path = _manifest_path(run_id)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest))
+    os.replace(tmp, path)
+
+
+def load_manifest(run_id: str) -> dict[str, Any]:
+    path = _manifest_path(run_id)
+    if not path.exists():
+        raise DatasetError(f"--resume: no run {run_id!r} under {path.parent}")
+    return json.loads(path.read_text())
+
+
 def main(args: argparse.Namespace) -> int:
     from reasonloom.cli.progress import ProgressDisplay
     from reasonloom.orchestrator.budget import BudgetExceeded
@@ -71,38 +95,63 @@ def main(args: argparse.Namespace) -> int:
     from reasonloom.orchestrator.types import Problem
 
     try:
-        recipe = load_recipe(args.recipe, args.set)
-    except RecipeError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    try:
-        if args.dataset:
-            rows = read_dataset(args.dataset, args.limit)
+        if args.resume:
+            manifest = load_manifest(args.resume)
+            run_id = args.resume
         else:
-            context = Path(args.context_file).read_text() if args.context_file else None
-            rows = [{"id": 0, "question": args.input, "answer": None, "context": context}]
+            if not args.recipe or (args.input is None and not args.dataset):
+                raise DatasetError("give RECIPE and --input or --dataset (or --resume RUN_ID)")
+            if args.dataset:
+                rows = read_dataset(args.dataset, args.limit)
+            else:
+                context = Path(args.context_file).read_text() if args.context_file else None
+                rows = [{"id": 0, "question": args.input, "answer": None, "context": context}]
+            run_id = uuid.uuid4().hex[:12]
+            manifest = {"recipe": str(Path(args.recipe).resolve()), "overrides": args.set,
+                        "rows": rows, "finished": {}}
     except (DatasetError, OSError) as exc:
         print(f"reasonloom run: {exc}", file=sys.stderr)
         return 2
+    try:
+        recipe = load_recipe(manifest["recipe"], manifest["overrides"])
+    except RecipeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # Every CLI run records its calls, so a killed run can be resumed; a resumed run reads
+    # them back and re-issues only the calls that had not completed.
+    cache = recipe.spec.cache if recipe.spec.cache != "off" else (
+        "read_write" if args.resume else "record")
+    if not args.resume:
+        save_manifest(run_id, manifest)
+    print(f"run {run_id} (resume with: reasonloom run --resume {run_id})", file=sys.stderr)
     trace = TraceWriter(args.trace) if args.trace else None
+
+    def emit(row: dict, payload: dict[str, Any]) -> None:
+        print(json.dumps({"id": row["id"], **payload}), flush=True)
 
     async def run_all() -> int:
         roles = recipe.build_roles()
         status = 0
-        for row in rows:
+        for index, row in enumerate(manifest["rows"]):
+            done = manifest["finished"].get(str(index))
+            if done is not None:   # finished before the kill: print what it gave
+                emit(row, done) if args.json else print(done["answer"]["text"])
+                continue
             problem = Problem.from_text(row["question"], id=row["id"], context=row["context"],
                                         gold=None if row["answer"] is None else str(row["answer"]))
             subscribers = [trace] if trace else []
+            problem_run = run_id if len(manifest["rows"]) == 1 else f"{run_id}.{index}"
             with ProgressDisplay(f"[{row['id']}]") as progress:
                 try:
-                    result = await recipe.arun(problem, roles=roles,
+                    result = await recipe.arun(problem, roles=roles, run_id=problem_run,
+                                               cache=cache,
                                                subscribers=[*subscribers, progress])
                 except BudgetExceeded as exc:
                     partial = exc.partial
                     best = exc.best.text if exc.best else None
                     print(f"budget exceeded: {exc}", file=sys.stderr)
                     if args.json and partial is not None:
-                        print(json.dumps({"id": row["id"], **partial.summary_json()}))
+                        emit(row, partial.summary_json())
                     elif best is not None:
                         print(f"PARTIAL ANSWER (budget exhausted): {best}")
                     if partial is not None:
@@ -112,11 +161,15 @@ def main(args: argparse.Namespace) -> int:
                 except RunFailed as exc:
                     print(f"reasonloom run: {exc}", file=sys.stderr)
                     if args.json:
-                        print(json.dumps({"id": row["id"], **exc.result.summary_json()}))
+                        emit(row, exc.result.summary_json())
                     status = 1
                     continue
+            summary = result.summary_json()
+            summary["run_id"] = run_id
+            manifest["finished"][str(index)] = summary
+            save_manifest(run_id, manifest)
             if args.json:
-                print(json.dumps({"id": row["id"], **result.summary_json()}), flush=True)
+                emit(row, summary)
             else:
                 print(result.answer.text if result.answer else "(no answer)")
                 if result.answer and result.answer.answer is not None:

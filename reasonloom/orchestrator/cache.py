@@ -13,7 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-CacheMode = Literal["off", "read_write", "replay"]
+# off: nothing; record: write this run's calls (what --resume reads) without reading;
+# read_write: reuse any recorded call; replay: recorded calls only, a miss is an error.
+CacheMode = Literal["off", "record", "read_write", "replay"]
 
 
 def reasonloom_home() -> Path:
@@ -59,7 +61,13 @@ class RunStore:
     def for_run(cls, run_id: str, mode: CacheMode = "read_write") -> "RunStore":
         return cls(runs_dir() / f"{run_id}.sqlite", mode)
 
+    @property
+    def reads(self) -> bool:
+        return self.mode in ("read_write", "replay")
+
     def get(self, key: str) -> dict[str, Any] | None:
+        if not self.reads:
+            return None
         with self._lock:
             row = self._db.execute("SELECT value FROM calls WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None

@@ -142,7 +142,7 @@ class RunContext:
         store = self.state.store
         keys: list[str] = []
         if store is not None:
-            body = req.model_dump(mode="json", exclude={"n"})
+            body = {"kind": "generate", **req.model_dump(mode="json")}
             keys = [cache_key(role.model_id, role.backend.config_hash(), body, i, req.seed)
                     for i in range(req.n)]
             hits = [store.get(k) for k in keys]
@@ -152,8 +152,7 @@ class RunContext:
                 return Generation(samples=[Sample.model_validate(h["sample"]) for h in hits],
                                   prompt_tokens=hits[0]["prompt_tokens"], model=role.model_id,
                                   served_by="cache")
-            if store.mode == "replay":
-                raise CacheMiss(f"{self.node}: no cached result for call {call_key!r} in replay")
+            self._check_replay(call_key)
         prompt_est = self._prompt_estimate(role, req)
         reservation = self._reserve(role, prompt_est, req.max_tokens * req.n,
                                     f"{self.node}/{call_key}")
@@ -198,6 +197,18 @@ class RunContext:
         finally:
             self.state.budget.settle(reservation, spent_tokens, spent_dollars)
 
+    def _check_replay(self, call_key: str) -> None:
+        store = self.state.store
+        if store is not None and store.mode == "replay":
+            raise CacheMiss(f"{self.node}: no cached result for call {call_key!r} in replay")
+
+    def _cached(self, role: Role, body: dict, seed: int | None) -> tuple[str | None, Any]:
+        store = self.state.store
+        if store is None:
+            return None, None
+        key = cache_key(role.model_id, role.backend.config_hash(), body, 0, seed)
+        return key, store.get(key)
+
     def _retry_or_raise(self, role: Role, key: str, attempt: int, t0: float,
                         exc: BackendError, seed: int | None, kind: str = "generate",
                         wasted: int = 0) -> bool:
@@ -213,6 +224,17 @@ class RunContext:
         role = self.roles.pick(role) if isinstance(role, str) else role
         if req.seed is None:
             req = req.model_copy(update={"seed": self.seed(call_key)})
+        key, hit = self._cached(role, {"kind": "stream", **req.model_dump(mode="json")},
+                                req.seed)
+        if hit is not None:
+            self._record(role, "stream", call_key, 1, time.monotonic(), cache_hit=True,
+                         seed=req.seed)
+            if answer:
+                self.stream_answer(hit["text"])
+            yield Delta(text=hit["text"])
+            yield Delta(finish_reason=hit["finish_reason"], prompt_tokens=0, completion_tokens=0)
+            return
+        self._check_replay(call_key)
         reservation = self._reserve(role, self._prompt_estimate(role, req),
                                     req.max_tokens * req.n, f"{self.node}/{call_key}")
         yielded = ""
@@ -260,6 +282,9 @@ class RunContext:
                              completion_tokens=completion,
                              cached_prompt_tokens=(final.cached_prompt_tokens or 0) if final else 0,
                              cost_usd=cost, ttft_s=ttft, seed=req.seed, n=req.n)
+                if key is not None:
+                    self.state.store.put(key, {"text": text, "finish_reason":
+                                               final.finish_reason if final else None})
                 yield Delta(index=0, text="", finish_reason=final.finish_reason if final else None,
                             prompt_tokens=prompt_tokens, completion_tokens=completion)
                 return
@@ -270,6 +295,13 @@ class RunContext:
                               call_key: str, top_k: int = 0) -> list[TokenLogprob]:
         """Prefill-only scoring: recorded as kind `score` with 0 completion tokens."""
         role = self.roles.pick(role) if isinstance(role, str) else role
+        body = {"kind": "score", "messages": [m.model_dump() for m in messages], "text": text,
+                "top_k": top_k}
+        key, hit = self._cached(role, body, None)
+        if hit is not None:
+            self._record(role, "score", call_key, 1, time.monotonic(), cache_hit=True)
+            return [TokenLogprob.model_validate(t) for t in hit["tokens"]]
+        self._check_replay(call_key)
         prompt_est = role.backend.estimate_tokens(text + "".join(m.content for m in messages))
         reservation = self._reserve(role, prompt_est, 0, f"{self.node}/{call_key}")
         spent_tokens, spent_dollars = 0, 0.0
@@ -293,6 +325,9 @@ class RunContext:
                 self._record(role, "score", call_key, attempt, t0, prompt_tokens=prompt_tokens,
                              completion_tokens=0, cost_usd=cost,
                              cached_prompt_tokens=getattr(scored, "cached_prompt_tokens", 0) or 0)
+                if key is not None:
+                    self.state.store.put(key, {"tokens": [t.model_dump(mode="json")
+                                                          for t in scored]})
                 return list(scored)
         finally:
             self.state.budget.settle(reservation, spent_tokens, spent_dollars)

@@ -62,20 +62,22 @@ class Ledger:
 
     def report(self) -> UsageReport:
         # plain lists while summing: this runs over every record of big graphs
-        total = [0, 0, 0, 0, 0.0]
+        zero = [0, 0, 0, 0, 0, 0, 0.0]
+        total = list(zero)
         by_role: dict[str, list] = {}
         by_node: dict[str, list] = {}
         for rec in self.records:
-            row = (1, rec.prompt_tokens, rec.completion_tokens, rec.cached_prompt_tokens,
-                   rec.cost_usd)
-            for acc in (total, by_role.setdefault(rec.role, [0, 0, 0, 0, 0.0]),
-                        by_node.setdefault(rec.node, [0, 0, 0, 0, 0.0])):
+            row = (1, int(rec.cache_hit), int(not rec.ok), rec.prompt_tokens,
+                   rec.completion_tokens, rec.cached_prompt_tokens, rec.cost_usd)
+            for acc in (total, by_role.setdefault(rec.role, list(zero)),
+                        by_node.setdefault(rec.node, list(zero))):
                 for i, value in enumerate(row):
                     acc[i] += value
 
         def usage(acc: list) -> Usage:
-            return Usage(calls=acc[0], prompt_tokens=acc[1], completion_tokens=acc[2],
-                         cached_prompt_tokens=acc[3], cost_usd=acc[4])
+            return Usage(calls=acc[0], cached_calls=acc[1], failed_calls=acc[2],
+                         prompt_tokens=acc[3], completion_tokens=acc[4],
+                         cached_prompt_tokens=acc[5], cost_usd=acc[6])
 
         return UsageReport(total=usage(total),
                            by_model={k: usage(v) for k, v in by_role.items()},

@@ -21,6 +21,8 @@ class Usage(BaseModel):
     """Token and dollar totals of a set of calls."""
 
     calls: int = 0
+    cached_calls: int = 0          # answered from the run's call cache (resume, replay)
+    failed_calls: int = 0          # attempts that failed (and were retried or raised)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
@@ -32,6 +34,8 @@ class Usage(BaseModel):
 
     def add(self, other: "Usage") -> None:
         self.calls += other.calls
+        self.cached_calls += other.cached_calls
+        self.failed_calls += other.failed_calls
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cached_prompt_tokens += other.cached_prompt_tokens
