@@ -142,9 +142,11 @@ def _footer(s: TurnSummary) -> str:
     return "[" + " | ".join(parts) + "]"
 
 
-def _make_source(args: argparse.Namespace) -> Any:
-    from reasonloom.cli.main import UsageError
+class UsageError(Exception):
+    """What the user typed cannot start a chat: one line, exit 2."""
 
+
+def _make_source(args: argparse.Namespace) -> Any:
     if args.url:
         if args.recipe or not args.model:
             raise UsageError("give either RECIPE, or --url with --model")
@@ -163,7 +165,11 @@ def _make_source(args: argparse.Namespace) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
-    source = _make_source(args)
+    try:
+        source = _make_source(args)
+    except UsageError as exc:
+        print(f"reasonloom chat: {exc}", file=sys.stderr)
+        return 2
     console = Console(highlight=False)
     session = ChatSession(source, console, args.system)
     loop = asyncio.new_event_loop()   # one loop for the whole chat: engines live on it

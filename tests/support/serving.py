@@ -64,7 +64,7 @@ def write_scripted_recipes(folder: Path, concurrency: int = 64) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "echo.yaml").write_text(ECHO.format(chunk_chars=4, delay=0.01,
                                                   concurrency=concurrency))
-    (folder / "slow.yaml").write_text(ECHO.format(chunk_chars=1, delay=0.2,
+    (folder / "slow.yaml").write_text(ECHO.format(chunk_chars=1, delay=0.1,
                                                   concurrency=concurrency))
     (folder / "vote.yaml").write_text(VOTE)
     (folder / "broken.yaml").write_text(BROKEN)
