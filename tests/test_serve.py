@@ -296,3 +296,46 @@ def test_a_client_that_hangs_up_cancels_its_run_and_model_calls(inner):
             time.sleep(0.05)
         assert running_now == [(1, 1)]   # its model call was running when it left
         assert backend.in_flight == 0 and state.runs.running == 0, streaming
+
+
+# -- request parameters -> recipe overrides (no server) -------------------------------------------
+MOA = """
+models:
+  strong: {backend: scripted}
+nodes:
+  moa:
+    type: moa
+    params:
+      layers: [[{role: strong, max_tokens: 32}, {role: strong, max_tokens: 32}]]
+      aggregator: {role: strong, temperature: 0.3, max_tokens: 128}
+output: moa
+budget: {tokens: 5000, seconds: 60}
+"""
+
+
+def test_request_parameters_land_on_the_final_stage(recipes, tmp_path):
+    from reasonloom.orchestrator.budget import BudgetSpec
+    from reasonloom.serve.catalog import ServedRecipe
+    from reasonloom.serve.protocol import ApiError, ChatRequest
+
+    def served(path: Path) -> ServedRecipe:
+        return ServedRecipe(path.stem, path, path.read_text(), load_recipe(path), roles=None)
+
+    (tmp_path / "moa.yaml").write_text(MOA)
+    moa = served(tmp_path / "moa.yaml")
+    req = ChatRequest(model="moa", messages=ask("q"), max_tokens=7, temperature=0.2,
+                      x_reasonloom_budget=BudgetSpec(tokens=99_999, dollars=0.5))
+    variant = moa.for_request(req)
+    config = variant.graph.nodes["moa"].config
+    assert (config.aggregator.max_tokens, config.aggregator.temperature) == (7, 0.2)
+    assert config.aggregator.role == "strong"                  # the rest of the stage is kept
+    assert [p.max_tokens for p in config.layers[0]] == [32, 32]  # proposers are not the answer
+    assert moa.recipe.graph.nodes["moa"].config.aggregator.max_tokens == 128   # base untouched
+    # a request may tighten the recipe's budget, never loosen it
+    assert moa.budget_for(req) == BudgetSpec(tokens=5000, dollars=0.5, seconds=60)
+    vote = served(recipes / "vote.yaml")
+    capped = vote.for_request(ChatRequest(model="vote", messages=ask("q"), max_tokens=5))
+    assert capped.graph.nodes["samples"].config.max_tokens == 5
+    with pytest.raises(ApiError) as err:
+        vote.for_request(ChatRequest(model="vote", messages=ask("q"), top_p=0.5))
+    assert err.value.status == 400 and err.value.param == "top_p"

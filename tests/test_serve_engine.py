@@ -15,7 +15,7 @@ import openai
 import pytest
 import yaml
 
-from tests.support.serving import free_port
+from tests.support.serving import free_port, stop_sse_watchers
 
 pytestmark = pytest.mark.engine
 
@@ -60,6 +60,7 @@ async def serving(recipes: Path):
     finally:
         server.should_exit = True
         await task
+        await stop_sse_watchers()
 
 
 def ask(text: str) -> list[dict]:

@@ -17,7 +17,7 @@ from reasonloom.orchestrator.ledger import UsageReport
 from reasonloom.orchestrator.result import RunFailed, RunResult
 from reasonloom.serve.catalog import ServedRecipe
 from reasonloom.serve.protocol import (ApiError, ChatRequest, ChunkWriter, comment_frame,
-                                       data_frame, to_problem)
+                                       completion_json, data_frame, to_problem)
 
 log = logging.getLogger("reasonloom.serve")
 
@@ -134,8 +134,6 @@ async def wait_disconnect(receive: Any) -> None:
 
 async def complete(handle: RunHandle, receive: Any) -> dict[str, Any] | None:
     """A non-streaming completion; None when the client left (its run is cancelled)."""
-    from reasonloom.serve.protocol import completion_json
-
     watcher = asyncio.ensure_future(wait_disconnect(receive))
     try:
         await asyncio.wait({handle.task, watcher}, return_when=asyncio.FIRST_COMPLETED)

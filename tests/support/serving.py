@@ -128,6 +128,16 @@ class ServeProcess:
                 continue
 
 
+async def stop_sse_watchers() -> None:
+    """sse-starlette leaves one shutdown watcher polling on each loop it served; a loop that
+    outlives its server (the test session's) would be closed with it still pending."""
+    watchers = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__name__", "")
+                == "_shutdown_watcher"]
+    for task in watchers:
+        task.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
+
+
 class ThreadServer:
     """uvicorn on its own loop in a thread of this process (its engines live on that loop)."""
 
@@ -146,7 +156,11 @@ class ThreadServer:
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self.server.serve())
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        finally:
+            self.loop.run_until_complete(stop_sse_watchers())
+            self.loop.close()
 
     def stop(self) -> None:
         self.server.should_exit = True
