@@ -43,7 +43,7 @@ class LiteLLMBackend(OpenAIBackend):
         try:
             self.server_model, self.provider, _, _ = litellm.get_llm_provider(
                 model, api_base=base_url)
-        except Exception as exc:
+        except Exception:
             raise ValueError(f"litellm backend: no provider for model {model!r}: write it as "
                              f"provider/model, e.g. hosted_vllm/{model}") from None
         self.api_base = base_url

@@ -31,6 +31,15 @@ from urllib.parse import urlsplit
 HEAD_END = b"\r\n\r\n"
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (an unreachable server, or a port to start one on)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @dataclass
 class ProxiedRequest:
     method: str
@@ -103,7 +112,8 @@ class FaultProxy:
                                              "cut": fault_cut}
         unknown = set(self.faults) - set(self.handlers)
         if unknown:
-            raise ValueError(f"unknown fault kinds {sorted(unknown)} (known: {sorted(self.handlers)})")
+            raise ValueError(f"unknown fault kinds {sorted(unknown)} "
+                             f"(known: {sorted(self.handlers)})")
         if sum(self.faults.values()) > 1.0:
             raise ValueError("fault probabilities add up to more than 1")
         self.injected: Counter[str] = Counter()
@@ -135,8 +145,12 @@ class FaultProxy:
             self.port = self._server.sockets[0].getsockname()[1]
             started.set()
             self._loop.run_forever()
+            # Exchanges still open (a client that gave up mid-answer) end here, not after close.
             self._server.close()
-            self._loop.run_until_complete(self._server.wait_closed())
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
         self._thread = threading.Thread(target=serve, name="fault-proxy", daemon=True)
