@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Literal
 
 from reasonloom.backends.base import GenerateRequest
 from reasonloom.orchestrator.types import Candidate, Message, Problem
-from reasonloom.strategies.prompts import DEFAULT_SYSTEM, problem_messages, with_candidates
+from reasonloom.strategies.prompts import (DEFAULT_SYSTEM, problem_messages, with_candidates,
+                                           with_sections)
 from reasonloom.verifiers.base import PerCandidateVerifier
 
 if TYPE_CHECKING:
@@ -74,11 +75,7 @@ def pair_messages(problem: Problem, a: str, b: str, instruction: str,
                   system: str | None = JUDGE_SYSTEM) -> tuple[Message, ...]:
     """Problem, Solution A, Solution B, instruction: the problem prefix is shared by every
     comparison of a tournament, so the engine's prefix cache serves it."""
-    base = problem_messages(problem, system)
-    question = base[-1].content if base[-1].role == "user" else problem.question
-    body = (f"{question}\n\n### Solution A\n{a.strip()}\n\n### Solution B\n{b.strip()}\n\n"
-            f"{instruction}")
-    return (*base[:-1], Message(role="user", content=body))
+    return with_sections(problem, [("Solution A", a), ("Solution B", b)], instruction, system)
 
 
 def _sigmoid(x: float) -> float:
@@ -148,7 +145,7 @@ class PairwiseJudge:
         instruction = PAIRWISE_INSTRUCTION.format(how=_THINK if self.reasoning else "")
         prefix = None
         if not self.reasoning and role.backend.capabilities.continue_final_message:
-            prefix = "Rating A:"
+            prefix = "Rating A: "   # a trailing space: small models then write the digit
         req = GenerateRequest(messages=pair_messages(problem, a.text, b.text, instruction,
                                                      self.system),
                               max_tokens=self.max_tokens, temperature=self.temperature,
