@@ -142,5 +142,6 @@ def test_moa_staircase_first_chunk_arrives_before_half_the_run(embedded, recipes
             return first, total, pieces
 
     first, total, pieces = arun(main())
+    print(f"moa_staircase: first content chunk {first:.2f}s of {total:.2f}s")
     assert len(pieces) > 3 and first is not None
     assert first < total / 2, (first, total)
