@@ -34,11 +34,23 @@ def _engine_reason(exc: BaseException) -> str:
     return reasons[-1] if reasons else type(exc).__name__
 
 
+def steering_engine_args(model: str, engine_args: dict[str, Any]) -> dict[str, Any]:
+    """Translate our `reasonloom_steering` entry (a role's `steering:`) into hf_overrides that
+    name the steered model class, plus eager mode (reasonloom/steering/vllm_plugin.py)."""
+    if "reasonloom_steering" not in engine_args:
+        return engine_args
+    from reasonloom.steering.vllm_plugin import engine_overrides
+
+    args = dict(engine_args)
+    return engine_overrides(model, args.pop("reasonloom_steering"), args)
+
+
 def _start_engine(model: str, engine_args: dict[str, Any]) -> Any:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    engine_args = steering_engine_args(model, engine_args)
     args = AsyncEngineArgs(model=model, **engine_args)
     return AsyncLLM.from_engine_args(args)
 
