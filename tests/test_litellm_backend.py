@@ -123,3 +123,17 @@ def test_provider_capabilities_come_from_litellm():
     assert not caps.n and not caps.prompt_logprobs and not caps.tokenize
     with pytest.raises(ValueError, match="no provider for model 'made-up-model'"):
         LiteLLMBackend("made-up-model")
+
+
+def test_a_server_that_never_answers_times_out():
+    import socket
+
+    from reasonloom.backends.errors import Timeout
+
+    with socket.socket() as silent:   # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        with pytest.raises(Timeout, match="no answer"):
+            asyncio.run(LiteLLMBackend(HOSTED, base_url=url, timeout_s=0.3).generate(
+                GenerateRequest(messages=QUESTION, max_tokens=4)))

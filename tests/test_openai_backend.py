@@ -197,3 +197,18 @@ def test_missing_capabilities_raise_before_any_request():
             asyncio.run(call)
     with pytest.raises(ValueError, match="unknown options"):
         OpenAIBackend(MODEL_NAME, base_url=dead_url(), temprature=0.5)
+
+
+def test_a_server_that_never_answers_times_out():
+    import asyncio
+    import socket
+
+    from reasonloom.backends.errors import Timeout
+
+    with socket.socket() as silent:   # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        with pytest.raises(Timeout, match=f"{url}: no answer"):
+            asyncio.run(OpenAIBackend(MODEL_NAME, base_url=url, timeout_s=0.3).generate(
+                GenerateRequest(messages=QUESTION, max_tokens=4)))
