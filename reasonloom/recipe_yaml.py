@@ -7,6 +7,8 @@ from typing import Any
 import yaml
 
 Path_ = tuple[str | int, ...]
+SAFE_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+MAX_VALUES = 100_000   # a recipe has hundreds; an alias bomb has billions
 
 
 class YamlSyntaxError(ValueError):
@@ -25,11 +27,23 @@ def load_with_positions(text: str) -> tuple[Any, dict[Path_, tuple[int, int]]]:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise YamlSyntaxError(f"YAML syntax: {problem}", line, col) from None
     positions: dict[Path_, tuple[int, int]] = {}
+    visited = [0]
 
     def walk(node: yaml.Node | None, path: Path_) -> Any:
         if node is None:
             return None
-        positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        positions.setdefault(path, (line, col))
+        visited[0] += 1
+        if visited[0] > MAX_VALUES:   # aliases of aliases ("billion laughs") expand forever
+            raise YamlSyntaxError(f"YAML: more than {MAX_VALUES} values once aliases are "
+                                  f"expanded", line, col)
+        # Recipes are data: a tag on a mapping or a list (`!!python/object/apply:os.system
+        # {...}`) is refused, not read as a plain dict. Scalars go through SafeLoader below,
+        # which refuses every tag it has no safe constructor for.
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in SAFE_TAGS:
+            raise YamlSyntaxError(f"YAML: tag {node.tag!r} is not allowed in a recipe "
+                                  f"(recipes are data)", line, col)
         if isinstance(node, yaml.MappingNode):
             out = {}
             for key_node, value_node in node.value:

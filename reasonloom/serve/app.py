@@ -1,17 +1,19 @@
 """`reasonloom serve`'s ASGI app: recipes as OpenAI-compatible chat models.
 
 Example:
-    >>> app = create_app(Catalog.from_dir("recipes"), api_key="secret", max_running=32)
+    >>> app = create_app(Catalog.from_dir("recipes"), api_key="secret", max_running=32,
+    ...                  max_running_per_key=4)
     >>> uvicorn.run(app, port=8000)
     # then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")
     #       .chat.completions.create(model="self_consistency", messages=[...], stream=True)
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -54,16 +56,28 @@ class _Guard:
                 await response(scope, receive, send)
 
 
-def _authorized(request: Request, api_key: str | None) -> None:
-    if api_key is None:
-        return
+def _key_id(token: str) -> str:
+    """A short fingerprint of a bearer key: what the per-key limit counts by and what a log
+    may show; the key itself is never kept, logged or sent back."""
+    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:8] if token else "anonymous"
+
+
+def _authorized(request: Request, api_keys: Sequence[str]) -> str:
+    """The caller's key fingerprint; 401 unless it sent one of `api_keys` (when any are set).
+    Without keys the server is open, and clients are told apart by whatever key they send."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if not token or scheme.lower() != "bearer":
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    if not api_keys:
+        return _key_id(token)
+    if not token:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer KEY'",
                        code="invalid_api_key")
-    if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+    # every key is compared (no early exit), each in constant time
+    matches = [hmac.compare_digest(token.encode(), key.encode()) for key in api_keys]
+    if not any(matches):
         raise ApiError(401, "incorrect API key", code="invalid_api_key")
+    return _key_id(token)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -80,10 +94,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def create_app(catalog: Catalog, *, api_key: str | None = None, max_running: int = 64,
+def create_app(catalog: Catalog, *, api_key: str | Sequence[str] | None = None,
+               max_running: int = 64, max_running_per_key: int | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+    """`api_key`: one key or several (each client its own); `max_running_per_key`: runs one
+    key may have in progress at once (None: only the server-wide `max_running`)."""
+    api_keys = (api_key,) if isinstance(api_key, str) else tuple(api_key or ())
     app = FastAPI(title="reasonloom", docs_url=None, redoc_url=None, openapi_url=None)
-    counter = RunCounter(max_running)
+    counter = RunCounter(max_running, max_running_per_key)
     started = int(time.time())
     app.state.catalog, app.state.runs = catalog, counter
 
@@ -107,21 +125,21 @@ def create_app(catalog: Catalog, *, api_key: str | None = None, max_running: int
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
-        _authorized(request, api_key)
+        _authorized(request, api_keys)
         return {"object": "list", "data": [model_card(n) for n in sorted(catalog.recipes)]}
 
     @app.get("/v1/models/{name}")
     async def get_model(name: str, request: Request) -> dict[str, Any]:
-        _authorized(request, api_key)
+        _authorized(request, api_keys)
         catalog.get(name)
         return model_card(name)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        _authorized(request, api_key)
+        key_id = _authorized(request, api_keys)
         req = parse_request(await _read_body(request, max_body_bytes))
         served = catalog.get(req.model)
-        handle = RunHandle(served, req, counter, stream=bool(req.stream))
+        handle = RunHandle(served, req, counter, stream=bool(req.stream), key_id=key_id)
         if req.stream:
             return EventSourceResponse(stream_frames(handle), ping=15, sep="\n")
         body = await complete(handle, request.receive)

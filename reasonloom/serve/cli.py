@@ -16,9 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", metavar="KEY", help=f"required bearer key (default: "
-                   f"${API_KEY_ENV}; prefer the variable: arguments show in `ps`)")
+                   f"${API_KEY_ENV}, which may list several keys separated by commas; prefer "
+                   f"the variable: arguments show in `ps`)")
     p.add_argument("--max-running", type=int, default=64, metavar="N",
                    help="runs in progress at once; more get 429 (default 64)")
+    p.add_argument("--max-running-per-key", type=int, default=None, metavar="N",
+                   help="runs one API key may have in progress at once; more get 429 "
+                   "(default: no per-key limit)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
@@ -44,14 +48,17 @@ def main(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.recipes):
         print(f"reasonloom serve: --recipes {args.recipes}: no such folder", file=sys.stderr)
         return 2
-    if args.max_running < 1:
-        print("reasonloom serve: --max-running must be at least 1", file=sys.stderr)
+    if args.max_running < 1 or (args.max_running_per_key is not None
+                                and args.max_running_per_key < 1):
+        print("reasonloom serve: --max-running and --max-running-per-key must be at least 1",
+              file=sys.stderr)
         return 2
     catalog = Catalog.from_dir(args.recipes)
     if not catalog.recipes:
         print(f"reasonloom serve: no recipe in {args.recipes} loads", file=sys.stderr)
         return 2
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    raw_keys = args.api_key or os.environ.get(API_KEY_ENV) or ""
+    api_keys = [key.strip() for key in raw_keys.split(",") if key.strip()]
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:
@@ -60,12 +67,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: "
                         "%(message)s")
-    app = create_app(catalog, api_key=api_key, max_running=args.max_running,
+    app = create_app(catalog, api_key=api_keys, max_running=args.max_running,
+                     max_running_per_key=args.max_running_per_key,
                      max_body_bytes=args.max_body_bytes)
     port = sock.getsockname()[1]
     print(f"reasonloom serve: {len(catalog.recipes)} models at http://{args.host}:{port}/v1 "
           f"({', '.join(sorted(catalog.recipes))}); key "
-          f"{'required' if api_key else 'not required'}", file=sys.stderr, flush=True)
+          f"{'required' if api_keys else 'not required'}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
                             timeout_graceful_shutdown=5, backlog=4096)
     try:

@@ -47,7 +47,7 @@ class RunHandle:
     """A started run: its task, and (streaming) the queue its events arrive on."""
 
     def __init__(self, served: ServedRecipe, req: ChatRequest, counter: "RunCounter",
-                 stream: bool):
+                 stream: bool, key_id: str = "anonymous"):
         self.run_id = uuid.uuid4().hex[:12]
         self.served = served
         self.req = req
@@ -58,11 +58,11 @@ class RunHandle:
         kwargs: dict[str, Any] = {"budget": served.budget_for(req)}
         if req.seed is not None:
             kwargs["seed"] = req.seed
-        counter.admit()
+        counter.admit(key_id)
         subscribers = [self.queue.put_nowait] if stream else []
         self.task = asyncio.ensure_future(recipe.arun(
             problem, roles=served.roles, run_id=self.run_id, subscribers=subscribers, **kwargs))
-        self.task.add_done_callback(lambda _: counter.release())
+        self.task.add_done_callback(lambda _: counter.release(key_id))
         self.task.add_done_callback(lambda _: self.queue.put_nowait(_DONE))
 
     def cancel(self) -> None:
@@ -108,20 +108,33 @@ class RunHandle:
 
 
 class RunCounter:
-    """Runs in progress, against --max-running: a full server answers 429 at once."""
+    """Runs in progress, against --max-running and --max-running-per-key: past either, a request
+    gets 429 at once (one client cannot take every slot of a shared server)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, per_key: int | None = None):
         self.limit = limit
+        self.per_key = per_key
         self.running = 0
+        self.by_key: dict[str, int] = {}
 
-    def admit(self) -> None:
+    def admit(self, key_id: str = "anonymous") -> None:
         if self.running >= self.limit:
             raise ApiError(429, f"{self.running} runs are in progress (the server's limit); "
                            f"retry later", code="too_many_runs")
+        mine = self.by_key.get(key_id, 0)
+        if self.per_key is not None and mine >= self.per_key:
+            raise ApiError(429, f"{mine} runs of this API key are in progress (the per-key "
+                           f"limit); retry later", code="too_many_runs_for_key")
         self.running += 1
+        self.by_key[key_id] = mine + 1
 
-    def release(self) -> None:
+    def release(self, key_id: str = "anonymous") -> None:
         self.running -= 1
+        left = self.by_key.get(key_id, 1) - 1
+        if left > 0:
+            self.by_key[key_id] = left
+        else:
+            self.by_key.pop(key_id, None)
 
 
 async def wait_disconnect(receive: Any) -> None:

@@ -9,8 +9,10 @@ Layers, each cheap and each covering what the others miss:
 - a private network namespace (`unshare(CLONE_NEWNET)`: no interfaces but a downed
   loopback) where the kernel allows it, and in every case an audit hook (PEP 578) that
   refuses sockets, DNS, subprocesses, fork, ctypes, writes outside the throw-away working
-  directory and reads of other processes' /proc entries (where the parent's environment
-  lives).
+  directory (also through a directory descriptor opened outside it, sqlite, FIFOs and
+  device nodes), reads of other processes' /proc entries (where the parent's environment
+  lives) and the C modules that fork or write without an audit event (`_posixsubprocess`,
+  dbm).
 The audit hook is a guard-rail against accidents and careless model output, not a boundary
 against an adversary; the kernel-enforced layers are the limits, the netns and the env.
 
@@ -96,7 +98,13 @@ DENY = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
 PATH_ARGS = {"os.remove": (0,), "os.rename": (0, 1), "os.rmdir": (0,), "os.mkdir": (0,),
              "os.chmod": (0,), "os.chown": (0,), "os.symlink": (1,), "os.link": (1,),
              "os.truncate": (0,), "os.utime": (0,), "shutil.rmtree": (0,),
-             "shutil.move": (0, 1), "shutil.copyfile": (1,), "os.chflags": (0,)}
+             "shutil.move": (0, 1), "shutil.copyfile": (1,), "os.chflags": (0,),
+             "os.setxattr": (0,), "os.removexattr": (0,), "sqlite3.connect": (0,)}
+# C modules that fork/exec or write files without raising an audit event of their own:
+# `_posixsubprocess.fork_exec` would start an unhooked process (a fork bomb, or a shell). It
+# stays importable (asyncio imports subprocess) with fork_exec replaced below; a fresh
+# import (after deleting it from sys.modules) is refused.
+MODULES = {"_posixsubprocess", "_gdbm", "_dbm"}
 
 class Blocked(PermissionError):
     pass
@@ -119,12 +127,37 @@ def hook(event, args):
             raise Blocked(f"sandbox: writing outside the working directory: {path}")
         if other_proc(path):
             raise Blocked(f"sandbox: reading another process's /proc entry: {path}")
+        # A descriptor of an outside directory would let `dir_fd=` writes (whose audit
+        # event carries only the relative name) land outside.
+        if not inside(path) and os.path.isdir(path):
+            raise Blocked(f"sandbox: opening a directory outside the working directory: {path}")
     elif event in DENY:
         raise Blocked(f"sandbox: {event} is not allowed")
+    elif event == "import" and args[0] in MODULES:
+        raise Blocked(f"sandbox: importing {args[0]} is not allowed")
     elif event in PATH_ARGS:
         for i in PATH_ARGS[event]:
             if i < len(args) and isinstance(args[i], (str, bytes, os.PathLike)) and not inside(args[i]):
                 raise Blocked(f"sandbox: {event} outside the working directory: {args[i]}")
+
+def guarded(name, create):
+    # mkfifo/mknod raise no audit event: wrap them (the originals leave the module).
+    def create_inside(path, *args, **kwargs):
+        if "dir_fd" in kwargs or not inside(path):
+            raise Blocked(f"sandbox: {name} outside the working directory: {path}")
+        return create(path, *args, **kwargs)
+    return create_inside
+
+def no_fork_exec(*args, **kwargs):
+    raise Blocked("sandbox: starting a process (_posixsubprocess.fork_exec) is not allowed")
+
+import _posixsubprocess, posix
+_posixsubprocess.fork_exec = no_fork_exec
+for name in ("mkfifo", "mknod"):
+    if hasattr(posix, name):
+        wrapper = guarded(name, getattr(posix, name))
+        setattr(posix, name, wrapper)
+        setattr(os, name, wrapper)
 
 source = open("program.py").read()
 code = compile(source, "program.py", "exec")

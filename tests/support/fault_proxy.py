@@ -5,13 +5,21 @@ so it serves clients on any loop) and forwards each request to the upstream serv
 requests to `fault_paths` it draws, with seeded probabilities, one fault per request:
 
 - `429`: answers 429 Too Many Requests with a `Retry-After` header, never reaching upstream;
-- `500`: answers 500 Internal Server Error, never reaching upstream;
+- `500` / `503`: answers 500 Internal Server Error / 503 Service Unavailable, never reaching
+  upstream;
+- `hang`: reads the request and never answers (holds the connection until the client gives up,
+  or `hang_s`), never reaching upstream: only a client timeout gets the caller out;
 - `cut`: forwards the request, then sends the client only part of the answer and closes the
-  connection (a stream cut midway; a plain answer cut short of its Content-Length).
+  connection (a stream cut midway; a plain answer cut short of its Content-Length);
+- `stall`: like `cut`, but then holds the connection open without a byte more (a stream that
+  stops midway and stays silent: the client's read timeout must fire).
 
 The draw for a request depends only on (seed, path, body, how often that body was seen), not
-on arrival order, so a concurrent batch meets the same faults on every run. More kinds (503,
-hangs) plug in through `FaultProxy.handlers`.
+on arrival order, so a concurrent batch meets the same faults on every run. `fault_attempts`
+limits faults to the first k sightings of a body (1: every request fails once, then passes).
+Every request is logged in `arrivals` (monotonic time, path, body digest, repeat, fault), so a
+test can measure how long a client waited before retrying. More kinds plug in through
+`FaultProxy.handlers`.
 
 Example:
     >>> with FaultProxy("http://127.0.0.1:8000", {"429": 0.1, "500": 0.1, "cut": 0.1}) as proxy:
@@ -23,6 +31,7 @@ import asyncio
 import hashlib
 import random
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -47,6 +56,18 @@ class ProxiedRequest:
     head: list[tuple[str, str]]
     body: bytes
     rng: random.Random = field(default_factory=random.Random)
+    reader: asyncio.StreamReader | None = None   # the client's side: `hang` waits on it
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One request as the proxy saw it; `fault` is None where it passed through."""
+
+    t: float            # time.monotonic() at arrival (after the body was read)
+    path: str
+    digest: str         # of method + path + body: the same logical request has one digest
+    repeat: int         # how often this digest had been seen before
+    fault: str | None
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.head if k.lower() == name.lower()), None)
@@ -86,20 +107,51 @@ async def fault_500(proxy: "FaultProxy", req: ProxiedRequest, writer: asyncio.St
     await _answer(writer, "500 Internal Server Error", body)
 
 
-async def fault_cut(proxy: "FaultProxy", req: ProxiedRequest, writer: asyncio.StreamWriter) -> None:
+async def fault_503(proxy: "FaultProxy", req: ProxiedRequest, writer: asyncio.StreamWriter) -> None:
+    body = b'{"error": {"message": "service unavailable (fault proxy)", "code": 503}}'
+    await _answer(writer, "503 Service Unavailable", body)
+
+
+async def _hold(proxy: "FaultProxy", reader: asyncio.StreamReader) -> None:
+    """Say nothing until the client closes the connection (its timeout) or `hang_s` passes."""
+    try:
+        await asyncio.wait_for(reader.read(), proxy.hang_s)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def fault_hang(proxy: "FaultProxy", req: ProxiedRequest, writer: asyncio.StreamWriter) -> None:
+    await _hold(proxy, req.reader)
+
+
+async def _send_part(proxy: "FaultProxy", req: ProxiedRequest,
+                     writer: asyncio.StreamWriter) -> None:
     """Forward the whole answer from upstream, then send the client only a random 20-80 % of
-    its body (always cut, however short the stream) and close the connection."""
+    its body (always cut, however short the stream)."""
     status_line, headers, body = await proxy.fetch_upstream(req)
     keep = int(len(body) * req.rng.uniform(0.2, 0.8))
     writer.write(_head_bytes(status_line, headers) + body[:keep])
     await writer.drain()
 
 
+async def fault_cut(proxy: "FaultProxy", req: ProxiedRequest, writer: asyncio.StreamWriter) -> None:
+    """Part of the answer, then the connection closes."""
+    await _send_part(proxy, req, writer)
+
+
+async def fault_stall(proxy: "FaultProxy", req: ProxiedRequest,
+                      writer: asyncio.StreamWriter) -> None:
+    """Part of the answer, then silence on an open connection."""
+    await _send_part(proxy, req, writer)
+    await _hold(proxy, req.reader)
+
+
 class FaultProxy:
     """`faults` maps a fault kind (a key of `handlers`) to its probability per request."""
 
     def __init__(self, upstream: str, faults: dict[str, float] | None = None, seed: int = 0,
-                 retry_after: float = 0.05,
+                 retry_after: float = 0.05, hang_s: float = 60.0,
+                 fault_attempts: int | None = None,
                  fault_paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")):
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
@@ -107,9 +159,12 @@ class FaultProxy:
         self.faults = dict(faults or {})
         self.seed = seed
         self.retry_after = retry_after
+        self.hang_s = hang_s
+        self.fault_attempts = fault_attempts
         self.fault_paths = fault_paths
         self.handlers: dict[str, Handler] = {"429": fault_429, "500": fault_500,
-                                             "cut": fault_cut}
+                                             "503": fault_503, "hang": fault_hang,
+                                             "cut": fault_cut, "stall": fault_stall}
         unknown = set(self.faults) - set(self.handlers)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)} "
@@ -118,6 +173,7 @@ class FaultProxy:
             raise ValueError("fault probabilities add up to more than 1")
         self.injected: Counter[str] = Counter()
         self.requests = 0
+        self.arrivals: list[Arrival] = []
         self.port = 0
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -133,6 +189,18 @@ class FaultProxy:
     @property
     def faults_injected(self) -> int:
         return sum(self.injected.values())
+
+    def fault_path_requests(self) -> int:
+        """Requests to the fault paths (those a client's ledger counts as attempts)."""
+        with self._lock:
+            return sum(1 for a in self.arrivals if a.path in self.fault_paths)
+
+    def reset_counts(self) -> None:
+        """Forget counts and arrivals (not the repeat counts that seed the draws)."""
+        with self._lock:
+            self.injected.clear()
+            self.requests = 0
+            self.arrivals.clear()
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "FaultProxy":
@@ -180,14 +248,18 @@ class FaultProxy:
             repeat = self._seen[digest]
             self._seen[digest] += 1
         req.rng = random.Random(f"{self.seed}/{digest}/{repeat}")
-        if req.method != "POST" or req.path not in self.fault_paths:
-            return None
-        u, edge = req.rng.random(), 0.0
-        for kind, p in self.faults.items():
-            edge += p
-            if u < edge:
-                return kind
-        return None
+        kind = None
+        if (req.method == "POST" and req.path in self.fault_paths
+                and (self.fault_attempts is None or repeat < self.fault_attempts)):
+            u, edge = req.rng.random(), 0.0
+            for name, p in self.faults.items():
+                edge += p
+                if u < edge:
+                    kind = name
+                    break
+        with self._lock:
+            self.arrivals.append(Arrival(time.monotonic(), req.path, digest[:16], repeat, kind))
+        return kind
 
     async def fetch_upstream(self, req: ProxiedRequest) -> tuple[str, list[tuple[str, str]], bytes]:
         """The upstream's whole answer: status line, headers, raw body bytes (still chunked)."""
@@ -219,7 +291,8 @@ class FaultProxy:
             first, head = _parse_head(await reader.readuntil(HEAD_END))
             method, path, _ = first.split(" ", 2)
             length = int(next((v for k, v in head if k.lower() == "content-length"), "0"))
-            req = ProxiedRequest(method, path, head, await reader.readexactly(length))
+            req = ProxiedRequest(method, path, head, await reader.readexactly(length),
+                                 reader=reader)
             kind = self._draw(req)
             if kind is None:
                 await self._relay(req, writer)
