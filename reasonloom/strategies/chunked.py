@@ -1,0 +1,324 @@
+"""Chunked long-context reading, one node with two modes:
+
+* `parallel`: divide and conquer (Xu et al., "When Does Divide and Conquer Work for Long Context
+  LLM? A Noise Decomposition Framework", arXiv 2506.16411): every worker reads one chunk of the
+  document and extracts evidence or says "not found"; a manager combines the reports.
+* `sequential`: Chain-of-Agents (Zhang et al., arXiv 2406.02818): worker i reads chunk i plus
+  the notes of worker i-1 and writes new notes; the manager answers from the last notes.
+
+The document is cut by TOKENS with a true overlap, and every token lands in a chunk (the
+reference code cuts by characters and never reads the last ~(n-1)*2048 characters).
+
+Example:
+    >>> g = Graph()
+    >>> g.add("reader", "chunked", {"mode": "parallel", "chunk_tokens": 512})
+    >>> g.set_output("reader")
+    >>> result = await run(g, Problem.from_text("What is the code?", context=document), roles)
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from typing import Literal, Sequence
+
+from pydantic import BaseModel, Field, model_validator
+
+from reasonloom.backends.base import Backend, GenerateRequest
+from reasonloom.backends.errors import CapabilityMissing
+from reasonloom.orchestrator.context import RunContext
+from reasonloom.orchestrator.registry import register_node
+from reasonloom.orchestrator.roles import Role
+from reasonloom.orchestrator.types import Answer, Candidate, Candidates, FrozenModel, Message, Problem
+
+# Chat-template tokens per message (role markers, separators); the runtime's budget estimate
+# uses the same figure.
+MESSAGE_OVERHEAD = 8
+# Re-encoding a decoded chunk inside a prompt can merge or split a token at its two edges.
+SAFETY_TOKENS = 16
+# Fallback for backends that cannot tokenize/detokenize (remote APIs): one "token" = 3
+# characters (the seam's own estimate), and chunks use only this share of their token budget,
+# because digits and identifiers can take more than one real token per 3 characters.
+FALLBACK_CHARS_PER_TOKEN = 3
+FALLBACK_MARGIN = 0.8
+
+
+class ChunkedConfig(FrozenModel):
+    """Split -> workers (parallel or sequential) -> manager. Defaults are the papers' where
+    they have one: greedy decoding, a short manager answer (128 tokens), one model for all."""
+
+    mode: Literal["parallel", "sequential"] = "parallel"   # D&C (2506.16411) | CoA (2406.02818)
+    worker_role: str = "strongest"
+    manager_role: str = "strongest"
+    # Tokens of document per worker; None = the worker's context length - prompt - output.
+    chunk_tokens: int | None = Field(None, ge=1)
+    # Tokens shared by consecutive chunks, so a fact cut at a boundary is whole in one chunk.
+    # The reference uses 2048 characters (~500 tokens) with 4k-token workers; 128 keeps more
+    # of a 2k window for new text. Chain-of-Agents uses none (its notes carry the context).
+    overlap_tokens: int = Field(128, ge=0)
+    max_workers: int = Field(64, ge=1)          # refuse longer documents before any call
+    context_length: int | None = Field(None, ge=64)  # override the worker backend's window
+    worker_max_tokens: int = Field(128, ge=1)   # the reference allows 2048; reports are short
+    manager_max_tokens: int = Field(128, ge=1)  # the reference's manager limit for QA/KV
+    temperature: float = Field(0.0, ge=0)       # the reference decodes greedily
+    worker_instruction: str | None = None       # task-specific instruction (None = generic)
+    manager_instruction: str | None = None
+    # Hide "not found" reports from the manager (unless every worker said so): a weak manager
+    # is distracted by them (the paper's "aggregator noise"); the reference shows them all.
+    drop_not_found: bool = True
+    stream_answer: bool = False                 # stream the manager's answer to the caller
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> "ChunkedConfig":
+        if self.chunk_tokens is not None and self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError(f"overlap_tokens ({self.overlap_tokens}) must be smaller than "
+                             f"chunk_tokens ({self.chunk_tokens})")
+        return self
+
+
+class DocumentTooLong(ValueError):
+    """The document cannot be read within the node's limits or the run's budget."""
+
+
+# -- splitting (pure) ------------------------------------------------------------------------
+def split_tokens(n_tokens: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
+    """Half-open token spans [start, end): ceil((n - overlap) / (chunk - overlap)) chunks of at
+    most `chunk` tokens, consecutive ones sharing exactly `overlap`, the last one ending at n."""
+    if chunk < 1 or not 0 <= overlap < chunk:
+        raise ValueError(f"need chunk >= 1 and 0 <= overlap < chunk (chunk={chunk}, "
+                         f"overlap={overlap})")
+    if n_tokens <= 0:
+        return []
+    stride = chunk - overlap
+    workers = max(1, math.ceil((n_tokens - overlap) / stride))
+    return [(i * stride, min(i * stride + chunk, n_tokens)) for i in range(workers)]
+
+
+def chunk_budget(context_length: int, prompt_tokens: int, reserved_output: int) -> int:
+    """Document tokens one worker can read: its window less its prompt and its answer."""
+    return context_length - prompt_tokens - reserved_output - SAFETY_TOKENS
+
+
+class CutDocument(BaseModel):
+    """The document as chunks: token spans, their texts, and whether tokens were exact."""
+
+    n_tokens: int
+    chunk: int           # in the units of `spans`
+    overlap: int
+    spans: list[tuple[int, int]]
+    texts: list[str]
+    exact: bool          # False = the character fallback (the backend cannot tokenize)
+
+
+def _fallback_units(text: str) -> list[str]:
+    step = FALLBACK_CHARS_PER_TOKEN
+    return [text[i:i + step] for i in range(0, len(text), step)]
+
+
+async def cut_document(backend: Backend, text: str, chunk: int, overlap: int) -> CutDocument:
+    """Cut by the backend's own tokens; a backend without tokenize/detokenize gets
+    3-character units and chunks shrunk by FALLBACK_MARGIN (an estimate, said in `exact`)."""
+    try:
+        ids = await backend.tokenize(text)
+        await backend.detokenize(ids[:1])   # a backend may tokenize but not decode (lossy ids)
+        spans = split_tokens(len(ids), chunk, overlap)
+        texts = [await backend.detokenize(ids[s:e]) for s, e in spans]
+        return CutDocument(n_tokens=len(ids), chunk=chunk, overlap=overlap, spans=spans,
+                           texts=texts, exact=True)
+    except CapabilityMissing:
+        units = _fallback_units(text)
+        small = max(1, int(chunk * FALLBACK_MARGIN))
+        overlap = min(overlap, small - 1)
+        spans = split_tokens(len(units), small, overlap)
+        return CutDocument(n_tokens=len(units), chunk=small, overlap=overlap, spans=spans,
+                           exact=False,
+                           texts=["".join(units[s:e]) for s, e in spans])
+
+
+# -- prompts: shared content first (instruction, question), then what differs ---------------
+WORKER_SYSTEM = {
+    "parallel": "You read one part of a long document; other readers read the other parts. "
+                "Use only your part.",
+    "sequential": "You read a long document one part at a time and pass notes to the reader "
+                  "of the next part. Use only the notes and your part.",
+}
+WORKER_INSTRUCTION = {
+    "parallel": "If this part does not contain what the question asks for, reply exactly: "
+                "not found. Otherwise quote the words of this part that answer the question, "
+                "then give the answer.",
+    # Worded so that even SmolLM2-135M carries a found fact forward (a longer "keep and add"
+    # instruction made it echo the prompt's headers instead).
+    "sequential": "Update the notes: if this part or the notes answer the question, write the "
+                  "answer in one sentence; otherwise write: not found.",
+}
+MANAGER_SYSTEM = ("Readers each read one consecutive part of a long document; most parts do "
+                  "not contain the answer. Answer the question from their reports.")
+MANAGER_INSTRUCTION = "Answer the question briefly, in a few words."
+_NOT_FOUND = re.compile(r"^\W*(not found|n/?a|none|no answer)\b", re.IGNORECASE)
+
+
+def says_not_found(report: str) -> bool:
+    return not report.strip() or bool(_NOT_FOUND.match(report.strip()))
+
+
+def worker_messages(question: str, part: str, index: int, total: int, cfg: ChunkedConfig,
+                    notes: str | None = None) -> tuple[Message, ...]:
+    instruction = cfg.worker_instruction or WORKER_INSTRUCTION[cfg.mode]
+    memory = ""
+    if cfg.mode == "sequential":
+        memory = f"Notes from the parts before:\n{notes or '(none: this is the first part)'}\n\n"
+    body = (f"Question: {question}\n\n{memory}Part {index + 1} of {total}:\n{part}\n\n"
+            f"Question: {question}\n{instruction}")
+    return (Message(role="system", content=WORKER_SYSTEM[cfg.mode]),
+            Message(role="user", content=body))
+
+
+def manager_messages(question: str, reports: Sequence[str], cfg: ChunkedConfig
+                     ) -> tuple[Message, ...]:
+    if cfg.mode == "sequential":
+        shown = f"Notes after reading the whole document:\n{reports[-1] if reports else ''}"
+    else:
+        shown = "Reports:\n" + "\n".join(f"#{i + 1}: {r.strip()}" for i, r in enumerate(reports))
+    body = (f"Question: {question}\n\n{shown}\n\nQuestion: {question}\n"
+            f"{cfg.manager_instruction or MANAGER_INSTRUCTION}")
+    return (Message(role="system", content=MANAGER_SYSTEM), Message(role="user", content=body))
+
+
+def prompt_tokens(backend: Backend, messages: Sequence[Message]) -> int:
+    return sum(backend.estimate_tokens(m.content) + MESSAGE_OVERHEAD for m in messages)
+
+
+# -- the plan and its checks (before any call) ----------------------------------------------
+def plan_reading(question: str, worker: Role, cfg: ChunkedConfig, where: str
+                 ) -> tuple[int, int, int]:
+    """(chunk tokens, overlap, worker prompt tokens without the chunk) for this worker role."""
+    empty = worker_messages(question, "", 0, 1, cfg)
+    # Chain-of-Agents prompts also carry the previous notes: at most one worker output.
+    base = prompt_tokens(worker.backend, empty) + (cfg.worker_max_tokens
+                                                   if cfg.mode == "sequential" else 0)
+    window = cfg.context_length or worker.backend.capabilities.context_length
+    if cfg.chunk_tokens is not None:
+        chunk = cfg.chunk_tokens
+        if window is not None and chunk_budget(window, base, cfg.worker_max_tokens) < chunk:
+            raise DocumentTooLong(
+                f"{where}: chunk_tokens={chunk} + a {base}-token prompt + {cfg.worker_max_tokens}"
+                f" output tokens do not fit role {worker.name}'s {window}-token window")
+    else:
+        if window is None:
+            raise DocumentTooLong(f"{where}: role {worker.name} does not report its context "
+                                  "length: set chunk_tokens or context_length")
+        chunk = chunk_budget(window, base, cfg.worker_max_tokens)
+    if chunk <= cfg.overlap_tokens:
+        raise DocumentTooLong(f"{where}: only {chunk} document tokens fit a worker prompt, not "
+                              f"more than overlap_tokens={cfg.overlap_tokens}")
+    return chunk, cfg.overlap_tokens, base
+
+
+def check_reading(doc: CutDocument, question: str, base: int, worker: Role, manager: Role,
+                  cfg: ChunkedConfig, ctx: RunContext) -> int:
+    """Refuse, in one line and before any call, a document the node or the run cannot afford.
+    Returns the worst-case tokens the reading may reserve."""
+    where = f"node {ctx.node}"
+    workers = len(doc.spans)
+    size = f"the document has {doc.n_tokens} tokens{'' if doc.exact else ' (estimated)'}"
+    if workers > cfg.max_workers:
+        raise DocumentTooLong(f"{where}: {size}: {workers} workers of {doc.chunk}-token chunks "
+                              f"(overlap {doc.overlap}) exceed max_workers={cfg.max_workers}")
+    shown = workers if cfg.mode == "parallel" else 1
+    manager_prompt = (prompt_tokens(manager.backend, manager_messages(question, [""], cfg))
+                      + shown * (cfg.worker_max_tokens + 4))
+    window = manager.backend.capabilities.context_length
+    if window is not None and manager_prompt + cfg.manager_max_tokens > window:
+        raise DocumentTooLong(f"{where}: {size}: the manager cannot read {shown} reports of up "
+                              f"to {cfg.worker_max_tokens} tokens in role {manager.name}'s "
+                              f"{window}-token window")
+    worker_in = sum(base + e - s for s, e in doc.spans)
+    worker_out = workers * cfg.worker_max_tokens
+    total = worker_in + worker_out + manager_prompt + cfg.manager_max_tokens
+    budget = ctx.state.budget
+    spec = budget.spec
+    if spec.tokens is not None and budget.spent_tokens + total > spec.tokens:
+        raise DocumentTooLong(
+            f"{where}: {size}: reading it may take {total} tokens ({workers} workers + manager), "
+            f"more than the {spec.tokens - budget.spent_tokens} left of the run's token budget "
+            f"of {spec.tokens}")
+    dollars = (worker.spec.cost(worker_in, worker_out)
+               + manager.spec.cost(manager_prompt, cfg.manager_max_tokens))
+    if spec.dollars is not None and budget.spent_dollars + dollars > spec.dollars:
+        raise DocumentTooLong(
+            f"{where}: {size}: reading it may cost ${dollars:.4f}, more than the "
+            f"${spec.dollars - budget.spent_dollars:.4f} left of the run's budget")
+    return total
+
+
+# -- the algorithm ----------------------------------------------------------------------------
+def short_answer(text: str) -> str | None:
+    """The manager's first non-empty line, without an "Answer:" label."""
+    for line in text.strip().splitlines():
+        line = re.sub(r"^\W*(final\s+)?answer\s*(is)?\s*[:\-]?\s*", "", line.strip(),
+                      flags=re.IGNORECASE).strip()
+        if line:
+            return line
+    return None
+
+
+async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -> Answer:
+    if not (problem.context or "").strip():
+        raise ValueError(f"node {ctx.node}: the problem has no context document to read "
+                         "(Problem.context / a dataset row's `context` field)")
+    question = problem.question
+    worker, manager = ctx.roles.pick(cfg.worker_role), ctx.roles.pick(cfg.manager_role)
+    chunk, overlap, base = plan_reading(question, worker, cfg, f"node {ctx.node}")
+    doc = await cut_document(worker.backend, problem.context, chunk, overlap)
+    worst = check_reading(doc, question, base, worker, manager, cfg, ctx)
+    total = len(doc.spans)
+    chunk, overlap = doc.chunk, doc.overlap
+    ctx.emit("chunked_plan", mode=cfg.mode, document_tokens=doc.n_tokens, workers=total,
+             chunk_tokens=chunk, overlap_tokens=overlap, exact_tokens=doc.exact,
+             worst_case_tokens=worst)
+
+    def request(messages: tuple[Message, ...], max_tokens: int) -> GenerateRequest:
+        return GenerateRequest(messages=messages, temperature=cfg.temperature,
+                               max_tokens=max_tokens)
+
+    async def read(i: int, notes: str | None = None) -> str:
+        messages = worker_messages(question, doc.texts[i], i, total, cfg, notes)
+        gen = await ctx.generate(worker, request(messages, cfg.worker_max_tokens), f"worker{i}")
+        return gen.texts[0].strip()
+
+    if cfg.mode == "parallel":   # map: every chunk at once (the role's throttle bounds it)
+        reports = list(await asyncio.gather(*(read(i) for i in range(total))))
+    else:                        # Chain-of-Agents: one pass, notes CU_i handed forward
+        reports, notes = [], None
+        for i in range(total):
+            # An empty CU would erase what earlier workers found: keep the previous notes.
+            notes = await read(i, notes) or notes or ""
+            reports.append(notes)
+    found = [not says_not_found(r) for r in reports]
+    shown = reports
+    if cfg.mode == "parallel" and cfg.drop_not_found and any(found):
+        shown = [r for r, f in zip(reports, found) if f]
+    req = request(manager_messages(question, shown, cfg), cfg.manager_max_tokens)
+    if cfg.stream_answer:
+        text = ""
+        async for delta in ctx.stream(manager, req, "manager", answer=True):
+            text += delta.text
+    else:
+        text = (await ctx.generate(manager, req, "manager")).texts[0]
+    candidates = [Candidate(text=r, role=worker.name,
+                            details={"chunk": i, "span": list(doc.spans[i]), "found": f})
+                  for i, (r, f) in enumerate(zip(reports, found))]
+    answer = Answer(text=text.strip(), answer=short_answer(text), candidates=candidates,
+                    details={"mode": cfg.mode, "document_tokens": doc.n_tokens,
+                             "exact_tokens": doc.exact, "chunk_tokens": chunk,
+                             "overlap_tokens": overlap, "workers": total,
+                             "spans": [list(s) for s in doc.spans], "found": found})
+    ctx.publish_best(answer)
+    return answer
+
+
+@register_node("chunked", ChunkedConfig, inputs={"problem": "problem"},
+               outputs={"answer": "answer", "candidates": "candidates"})
+async def chunked(inputs: dict, cfg: ChunkedConfig, ctx: RunContext) -> dict:
+    answer = await read_document(inputs["problem"], cfg, ctx)
+    return {"answer": answer, "candidates": Candidates(answer.candidates)}

@@ -1,0 +1,266 @@
+"""Chunked long-context node: token splitting (property tests), the two modes' data flow on a
+scripted backend, and refusing documents too long for the run before any call."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from reasonloom.backends.scripted import ScriptedBackend
+from reasonloom.orchestrator.budget import Budget, BudgetSpec
+from reasonloom.orchestrator.context import RunContext, RunState
+from reasonloom.orchestrator.graph import Graph
+from reasonloom.orchestrator.result import RunFailed
+from reasonloom.orchestrator.roles import Role, Roles, RoleSpec
+from reasonloom.orchestrator.scheduler import run
+from reasonloom.orchestrator.types import Problem
+from reasonloom.strategies.chunked import (FALLBACK_MARGIN, MANAGER_SYSTEM, ChunkedConfig,
+                                           DocumentTooLong, check_reading, cut_document,
+                                           plan_reading, split_tokens)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- split_tokens ------------------------------------------------------------------------------
+@given(n=st.integers(0, 5000), chunk=st.integers(1, 600), data=st.data())
+def test_chunks_cover_every_token_share_exactly_the_overlap_and_fit_the_budget(n, chunk, data):
+    overlap = data.draw(st.integers(0, chunk - 1))
+    spans = split_tokens(n, chunk, overlap)
+    if n == 0:
+        assert spans == []
+        return
+    covered = set()
+    for start, end in spans:
+        assert 0 <= start < end <= n
+        assert end - start <= chunk
+        covered.update(range(start, end))
+    assert covered == set(range(n))
+    assert spans[0][0] == 0 and spans[-1][1] == n
+    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+        assert e0 - s1 == overlap                 # exactly the overlap, no gap
+        assert e1 > e0                            # every chunk brings new tokens
+    assert len(spans) == max(1, math.ceil((n - overlap) / (chunk - overlap)))
+
+
+def test_the_last_token_is_read_where_the_reference_split_drops_the_tail():
+    # The reference cuts L/n characters per chunk and moves each start back by the overlap,
+    # so the last (n-1)*overlap characters are never read. Here the last chunk ends at n.
+    spans = split_tokens(10_000, 1000, 200)
+    assert spans[-1][1] == 10_000 and len(spans) == math.ceil(9800 / 800)
+
+
+@pytest.mark.parametrize("chunk,overlap", [(0, 0), (5, 5), (5, 7), (5, -1)])
+def test_impossible_chunking_is_refused(chunk, overlap):
+    with pytest.raises(ValueError):
+        split_tokens(100, chunk, overlap)
+
+
+# -- cutting real text ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _smollm_backend():
+    from reasonloom.backends.vllm.backend import VLLMBackend
+    from reasonloom.backends.vllm.embedded import model_dir
+
+    if not (model_dir() / "tokenizer.json").exists():
+        pytest.skip("embedded model not converted yet")
+    return VLLMBackend(str(model_dir()))   # tokenizer only: no engine starts
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(st.characters(min_codepoint=32, max_codepoint=126) | st.sampled_from(
+    "\n\t\u00e9\u4e2d"), min_size=0, max_size=400), chunk=st.integers(2, 40), data=st.data())
+def test_document_chunks_by_real_tokens_cover_the_text_in_order(text, chunk, data):
+    backend = _smollm_backend()
+    overlap = data.draw(st.integers(0, chunk - 1))
+    doc = asyncio.run(cut_document(backend, text, chunk, overlap))
+    ids = backend.tokenizer.encode(text, add_special_tokens=False)
+    assert doc.exact and doc.n_tokens == len(ids)
+    assert doc.spans == split_tokens(len(ids), chunk, overlap)
+    # The non-overlapping parts of the chunks are the document's tokens, all of them, in order.
+    rejoined = [t for i, (s, e) in enumerate(doc.spans)
+                for t in ids[s if i == 0 else doc.spans[i - 1][1]:e]]
+    assert rejoined == ids
+    if text.isascii():   # byte-level tokens of non-ASCII characters may straddle a cut
+        position = 0
+        for piece in doc.texts:
+            found = text.find(piece, max(0, position - len(piece)))
+            assert found >= 0, piece
+            position = found + len(piece)
+        assert position == len(text)
+
+
+@given(text=st.text(min_size=1, max_size=600), chunk=st.integers(2, 50), data=st.data())
+def test_character_fallback_covers_the_text_when_the_backend_cannot_tokenize(text, chunk, data):
+    overlap = data.draw(st.integers(0, chunk - 1))
+    doc = asyncio.run(cut_document(ScriptedBackend(), text, chunk, overlap))
+    assert not doc.exact
+    assert doc.chunk == max(1, int(chunk * FALLBACK_MARGIN)) and doc.overlap < doc.chunk
+    rebuilt = doc.texts[0] + "".join(t[doc.overlap * 3:] for t in doc.texts[1:])
+    assert rebuilt == text
+    assert all(len(t) <= doc.chunk * 3 for t in doc.texts)
+
+
+# -- the two modes on a scripted backend ---------------------------------------------------------
+def _document(n_lines: int, needle_line: int, code: str = "7391") -> str:
+    lines = [f"Line {i}: the weather was mild and nothing happened." for i in range(n_lines)]
+    lines[needle_line] = f"Line {needle_line}: the secret code is {code}."
+    return "\n".join(lines)
+
+
+def _reader(req, index) -> str:
+    """Workers report the code only if their part shows it; the manager repeats a report."""
+    system, user = req.messages[0].content, req.messages[-1].content
+    if system == MANAGER_SYSTEM:
+        match = re.search(r"code is (\d+)", user)
+        return f"The code is {match.group(1)}." if match else "unknown"
+    part = user.split("Part ", 1)[1]
+    match = re.search(r"secret code is (\d+)", part)
+    return f"the secret code is {match.group(1)}" if match else "not found"
+
+
+def _roles(backend, **prices) -> Roles:
+    return Roles({"strong": Role(RoleSpec(name="strong", price_in_per_m=1.0,
+                                          price_out_per_m=2.0, **prices), backend),
+                  "cheap": Role(RoleSpec(name="cheap", price_in_per_m=0.1), backend)},
+                 order=["strong", "cheap"])
+
+
+def _graph(**params) -> Graph:
+    g = Graph()
+    g.add("reader", "chunked", params, {"problem": "problem"})
+    g.set_output("reader")
+    return g
+
+
+def _problem(context: str) -> Problem:
+    return Problem.from_text("What is the secret code?", context=context)
+
+
+def test_parallel_workers_report_their_chunk_and_the_manager_sees_only_found_reports():
+    backend = ScriptedBackend(_reader)
+    doc = _document(40, 39)            # the needle is the document's last line
+    seen: list[str] = []
+
+    def reader(req, index):
+        if req.messages[0].content == MANAGER_SYSTEM:
+            seen.append(req.messages[-1].content)
+        return _reader(req, index)
+
+    backend.responder = reader
+    result = asyncio.run(run(_graph(chunk_tokens=120, overlap_tokens=20, worker_role="cheap",
+                                    manager_role="strong"), _problem(doc), _roles(backend)))
+    answer = result.answer
+    assert answer.answer == "The code is 7391."
+    found = answer.details["found"]
+    assert found[-1] and not any(found[:-1])
+    assert answer.candidates[-1].details["found"] and "7391" in answer.candidates[-1].text
+    assert len(seen) == 1 and "not found" not in seen[0] and seen[0].count("#") == 1
+    by_model = result.usage.by_model
+    assert by_model["cheap"].calls == answer.details["workers"] and by_model["strong"].calls == 1
+
+
+def test_sequential_workers_pass_their_notes_forward_and_the_manager_reads_the_last():
+    prompts: list[str] = []
+
+    def reader(req, index):
+        user = req.messages[-1].content
+        prompts.append(user)
+        if req.messages[0].content == MANAGER_SYSTEM:
+            return _reader(req, index)
+        notes = re.search(r"Notes from the parts before:\n(.*?)\n\nPart", user, re.S).group(1)
+        part = user.split("Part ", 1)[1]
+        found = re.search(r"secret code is (\d+)", part)
+        return f"the secret code is {found.group(1)}" if found else f"{notes} +1"
+
+    backend = ScriptedBackend(reader)
+    result = asyncio.run(run(_graph(mode="sequential", chunk_tokens=120, overlap_tokens=0),
+                             _problem(_document(40, 5)), _roles(backend)))
+    workers = result.answer.details["workers"]
+    assert workers >= 3 and len(prompts) == workers + 1
+    assert "(none: this is the first part)" in prompts[0]
+    assert "the secret code is 7391" in prompts[1]             # worker 2 got worker 1's notes
+    assert prompts[-1].count("+1") == workers - 1 and "Reports:" not in prompts[-1]
+    assert result.answer.answer == "The code is 7391."
+
+
+# -- refusing what the run cannot afford ----------------------------------------------------------
+def _refused(graph: Graph, roles: Roles, backend: ScriptedBackend, **kwargs) -> str:
+    with pytest.raises(RunFailed) as info:
+        asyncio.run(run(graph, _problem(_document(400, 399)), roles, **kwargs))
+    assert backend.calls == 0
+    message = str(info.value)
+    assert "\n" not in message and "DocumentTooLong" in message
+    return message
+
+
+def test_more_workers_than_max_workers_fails_in_one_line_before_any_call():
+    backend = ScriptedBackend(_reader)
+    message = _refused(_graph(chunk_tokens=200, overlap_tokens=20, max_workers=4),
+                       _roles(backend), backend)
+    assert "max_workers=4" in message and "node reader" in message
+
+
+def test_a_document_beyond_the_token_budget_fails_in_one_line_before_any_call():
+    backend = ScriptedBackend(_reader)
+    message = _refused(_graph(chunk_tokens=2000, overlap_tokens=100), _roles(backend), backend,
+                       budget=BudgetSpec(tokens=3000))
+    assert "token budget of 3000" in message
+
+
+def test_a_document_beyond_the_dollar_budget_fails_in_one_line_before_any_call():
+    backend = ScriptedBackend(_reader)
+    message = _refused(_graph(chunk_tokens=2000, overlap_tokens=100), _roles(backend), backend,
+                       budget=BudgetSpec(dollars=0.001))
+    assert "$" in message
+
+
+def test_a_chunk_larger_than_the_worker_window_is_refused_before_any_call():
+    backend = ScriptedBackend(_reader)
+    message = _refused(_graph(chunk_tokens=2000, overlap_tokens=100, context_length=1024),
+                       _roles(backend), backend)
+    assert "1024-token window" in message
+
+
+def test_overlap_must_be_smaller_than_the_chunk():
+    with pytest.raises(ValueError):
+        ChunkedConfig(chunk_tokens=64, overlap_tokens=64)
+
+
+def test_a_problem_without_a_document_is_refused():
+    backend = ScriptedBackend(_reader)
+    with pytest.raises(RunFailed, match="no context document"):
+        asyncio.run(run(_graph(chunk_tokens=100, overlap_tokens=0),
+                        Problem.from_text("What is the code?"), _roles(backend)))
+
+
+# -- the shipped recipe ----------------------------------------------------------------------------
+def test_long_context_recipe_accepts_32k_token_documents_within_its_budget():
+    recipe_mod = pytest.importorskip("reasonloom.recipe")
+    _smollm_backend()
+    recipe = recipe_mod.load_recipe(ROOT / "recipes" / "long_context.yaml")
+    (name, node), = recipe.spec.nodes.items()
+    assert node.type == "chunked"
+    cfg = ChunkedConfig(**node.params)
+    roles = recipe.build_roles()             # backends are lazy: no engine starts here
+    worker, manager = roles.pick(cfg.worker_role), roles.pick(cfg.manager_role)
+    filler = "The archive lists shipment 4412 from Oslo, arriving on a rainy Tuesday. "
+    tokenizer = worker.backend.tokenizer
+    per_line = len(tokenizer.encode(filler, add_special_tokens=False))
+
+    def check(n_tokens: int) -> int:
+        ctx = RunContext(RunState(run_id="t", seed=0, roles=roles,
+                                  budget=Budget(recipe.spec.budget)), name)
+        question = "Which shipment arrived from Bergen, and on which day?"
+        chunk, overlap, base = plan_reading(question, worker, cfg, name)
+        doc = asyncio.run(cut_document(worker.backend, filler * (n_tokens // per_line),
+                                       chunk, overlap))
+        return check_reading(doc, question, base, worker, manager, cfg, ctx)
+
+    assert check(32_000) <= recipe.spec.budget.tokens
+    with pytest.raises(DocumentTooLong):
+        check(96_000)
