@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from typing import TYPE_CHECKING, Literal
@@ -111,8 +112,9 @@ class PointwiseJudge(PerCandidateVerifier):
         if self.resolved_mode(ctx) == "logprob":
             messages = with_candidates(problem, [candidate.text], POINTWISE_QUESTION,
                                        label="Proposed solution", system=self.system)
-            yes = await ctx.prompt_logprobs(role, messages, self.yes, f"{call_key}/yes")
-            no = await ctx.prompt_logprobs(role, messages, self.no, f"{call_key}/no")
+            yes, no = await asyncio.gather(
+                ctx.prompt_logprobs(role, messages, self.yes, f"{call_key}/yes"),
+                ctx.prompt_logprobs(role, messages, self.no, f"{call_key}/no"))
             return _sigmoid(sum(t.logprob for t in yes) - sum(t.logprob for t in no))
         messages = with_candidates(problem, [candidate.text], POINTWISE_RATING,
                                    label="Proposed solution", system=self.system)
