@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from reasonloom.backends.factory import BackendKind, BackendSpec
+from reasonloom.backends.factory import BackendKind, BackendSpec, Endpoint, ReplicaRouting
 from reasonloom.orchestrator.budget import BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode
 from reasonloom.orchestrator.graph import Graph, GraphError
@@ -44,6 +44,30 @@ class RoleConfig(FrozenModel):
     timeout_s: float | None = Field(None, gt=0)
     steering: dict[str, Any] | None = None
     speculative: str | dict[str, Any] | None = None
+    # several servers of one model: [{base_url: ..., model: ..., api_key_env: ...}, ...]
+    endpoints: list[Endpoint] | None = None
+    routing: ReplicaRouting = ReplicaRouting()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _replicas_of_a_server_backend(cls, value: list[Endpoint] | None,
+                                      info: ValidationInfo) -> list[Endpoint] | None:
+        if value is None:
+            return value
+        backend = info.data.get("backend")
+        if backend not in ("openai", "litellm"):
+            raise ValueError(f"endpoints are OpenAI-compatible servers: use `backend: openai` "
+                             f"or `backend: litellm`, not {backend!r}")
+        if info.data.get("base_url"):
+            raise ValueError("give either base_url or endpoints, not both")
+        if not value:
+            raise ValueError("endpoints needs at least one {base_url: ...}")
+        seen: set[str] = set()
+        for i, endpoint in enumerate(value):
+            if endpoint.base_url in seen:
+                raise ValueError(f"endpoints[{i}]: {endpoint.base_url} is listed twice")
+            seen.add(endpoint.base_url)
+        return value
 
     @field_validator("api_key_env")
     @classmethod
@@ -59,7 +83,8 @@ class RoleConfig(FrozenModel):
         if self.speculative is not None:
             engine["reasonloom_speculative"] = self.speculative
         return BackendSpec(backend=self.backend, model=self.model, base_url=self.base_url,
-                           api_key_env=self.api_key_env, engine=engine, options=self.options)
+                           api_key_env=self.api_key_env, engine=engine, options=self.options,
+                           endpoints=tuple(self.endpoints or ()), routing=self.routing)
 
 
 class NodeConfig(FrozenModel):
@@ -170,7 +195,16 @@ class Recipe:
             if role.api_key_env and not os.environ.get(role.api_key_env):
                 raise fail(("models", role_name, "api_key_env"),
                            f"environment variable {role.api_key_env} is not set", positions)
-            if role.backend in ("openai",) and not role.base_url and not role.api_key_env:
+            if "routing" in role.model_fields_set and not role.endpoints:
+                raise fail(("models", role_name, "routing"), "routing spreads calls over "
+                           "`endpoints`; this role has none", positions)
+            for i, endpoint in enumerate(role.endpoints or ()):
+                if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
+                    raise fail(("models", role_name, "endpoints", i, "api_key_env"),
+                               f"environment variable {endpoint.api_key_env} is not set",
+                               positions)
+            if (role.backend in ("openai",) and not role.base_url and not role.endpoints
+                    and not role.api_key_env):
                 raise fail(("models", role_name), "an openai role needs base_url or "
                            "api_key_env", positions)
         for node_name, node in spec.nodes.items():

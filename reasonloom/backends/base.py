@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import abc
+from contextvars import ContextVar
 from typing import AsyncIterator, Sequence
 
 from pydantic import BaseModel, Field
 
 from reasonloom.orchestrator.types import FrozenModel, Message
+
+# The key that every request of one unit of work shares (the problem id), set by the scheduler
+# for each run. A backend with several replicas keeps requests of one key on one replica, so
+# that replica's prefix cache serves the problem's repeated prompt (backends/replicas.py).
+AFFINITY_KEY: ContextVar[str | None] = ContextVar("reasonloom_affinity_key", default=None)
 
 
 class TokenLogprob(FrozenModel):
@@ -61,6 +67,7 @@ class Delta(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_prompt_tokens: int | None = None
+    served_by: str | None = None   # on the last delta: which server or replica answered
 
 
 class Capabilities(FrozenModel):

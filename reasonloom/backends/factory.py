@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from reasonloom.backends.base import Backend
 from reasonloom.orchestrator.types import FrozenModel
@@ -16,6 +16,42 @@ class MissingApiKey(ValueError):
     pass
 
 
+class Endpoint(FrozenModel):
+    """One replica of a role's model: an OpenAI-compatible server (vLLM's api_server ...)."""
+
+    base_url: str                        # http://host:port/v1
+    model: str | None = None             # the name this server knows the model by; default: the role's
+    api_key_env: str | None = None       # default: the role's
+
+    @field_validator("base_url")
+    @classmethod
+    def _is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _is_a_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "").isalnum():
+            raise ValueError("api_key_env must be an environment variable NAME, not a key")
+        return value
+
+
+class ReplicaRouting(FrozenModel):
+    """How a role's calls spread over its endpoints: litellm Router settings plus our
+    per-problem affinity rule (backends/replicas.py)."""
+
+    # `problem`: a problem's calls go to one replica (its prefix cache), chosen by a hash of the
+    # problem id among healthy replicas, least-busy while it cools down; `none`: litellm's
+    # `strategy` picks every call
+    affinity: Literal["problem", "none"] = "problem"
+    strategy: Literal["least-busy", "latency-based-routing", "simple-shuffle"] = "least-busy"
+    allowed_fails: int = Field(1, ge=0)        # failures a replica may have before cooling down
+    cooldown_s: float = Field(30.0, gt=0)      # how long a failing replica sits out
+    health_check_s: float | None = Field(5.0, gt=0)   # background probe period; None = off
+
+
 class BackendSpec(FrozenModel):
     """Where a role's model lives. `api_key_env` names an environment variable: never the key."""
 
@@ -25,6 +61,8 @@ class BackendSpec(FrozenModel):
     api_key_env: str | None = None
     engine: dict[str, Any] = Field(default_factory=dict)   # vLLM engine arguments
     options: dict[str, Any] = Field(default_factory=dict)  # backend-specific extras
+    endpoints: tuple[Endpoint, ...] = ()   # several replicas of one model (openai/litellm)
+    routing: ReplicaRouting = ReplicaRouting()
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -54,6 +92,10 @@ def build_backend(spec: BackendSpec) -> Backend:
             backend: Backend = VLLMBackend(model, dict(spec.engine), served_name=MODEL_NAME)
         else:
             backend = VLLMBackend(model, dict(spec.engine))
+    elif spec.endpoints:
+        from reasonloom.backends.replicas import ReplicaBackend
+
+        backend = ReplicaBackend.from_spec(spec)
     elif spec.backend == "openai":
         from reasonloom.backends.openai import OpenAIBackend
 

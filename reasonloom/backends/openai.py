@@ -79,6 +79,10 @@ class OpenAIBackend(Backend):
     def served_by(self) -> str:
         return self.base_url
 
+    def served_for(self, response: Any) -> str:
+        """Which server answered `response` (a replica set reads it off the response)."""
+        return self.served_by
+
     @property
     def server_root(self) -> str:
         """Where vLLM's non-OpenAI routes (/tokenize, /health) live."""
@@ -210,8 +214,8 @@ class OpenAIBackend(Backend):
         samples = [Sample(text=t, completion_tokens=k, finish_reason=field_of(c, "finish_reason"),
                           logprobs=lp) for t, k, c, lp in zip(texts, counts, choices, logprobs)]
         return Generation(samples=samples, prompt_tokens=field_of(usage, "prompt_tokens", 0),
-                          cached_prompt_tokens=self._cached(usage), served_by=self.served_by,
-                          model=self.model)
+                          cached_prompt_tokens=self._cached(usage),
+                          served_by=self.served_for(resp), model=self.model)
 
     async def _generate_each(self, req: GenerateRequest) -> Generation:
         """A server without `n`: n one-sample requests (seeds seed+i), sent concurrently."""
@@ -223,7 +227,8 @@ class OpenAIBackend(Backend):
         return Generation(samples=[g.samples[0] for g in gens],
                           prompt_tokens=sum(g.prompt_tokens for g in gens),
                           cached_prompt_tokens=sum(g.cached_prompt_tokens or 0 for g in gens),
-                          served_by=self.served_by, model=self.model)
+                          served_by=",".join(sorted({g.served_by or "" for g in gens})),
+                          model=self.model)
 
     @staticmethod
     def _logprobs(choice: Any, k: int | None) -> list[TokenLogprob] | None:
@@ -274,7 +279,7 @@ class OpenAIBackend(Backend):
         yield Delta(index=0, finish_reason=finished.get(0),
                     prompt_tokens=field_of(usage, "prompt_tokens", 0),
                     completion_tokens=field_of(usage, "completion_tokens", 0),
-                    cached_prompt_tokens=self._cached(usage))
+                    cached_prompt_tokens=self._cached(usage), served_by=self.served_for(chunks))
 
     async def prompt_logprobs(self, messages: Sequence[Message], text: str,
                               top_k: int = 0) -> list[TokenLogprob]:
@@ -312,6 +317,7 @@ class OpenAIBackend(Backend):
         usage = field_of(resp, "usage")
         scored.prompt_tokens = field_of(usage, "prompt_tokens", len(ids))
         scored.cached_prompt_tokens = self._cached(usage) or 0
+        scored.served_by = self.served_for(resp)   # type: ignore[attr-defined]
         return scored
 
     # -- the server's /tokenize -------------------------------------------------------------------

@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fields", metavar="question=COL,answer=COL",
                    help="map other column names onto question/answer/context/id")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="shard the problems over a Ray cluster (ADDRESS: auto, HOST:6379, "
+                        "ray://HOST:10001; none: a local cluster); embedded roles are served by "
+                        "one shared vLLM server")
     p.add_argument("--powercap-root", default="/sys/class/powercap", help=argparse.SUPPRESS)
 
 
@@ -57,7 +61,14 @@ def main(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_bench(recipes, items, args, out))
+    if getattr(args, "ray", None) is None:
+        return asyncio.run(run_bench(recipes, items, args, out))
+    from reasonloom.bench.ray_runner import RayBenchError
+
+    try:
+        return asyncio.run(run_bench(recipes, items, args, out))
+    except RayBenchError as exc:
+        return _fail(str(exc))
 
 
 async def run_bench(recipes, items, args, out: Path) -> int:
@@ -99,8 +110,17 @@ async def run_bench(recipes, items, args, out: Path) -> int:
             stop = asyncio.Event()
             meter.start()
             sampler = asyncio.create_task(sample_energy(meter, stop))
-            await bench_recipe(recipe, items, args.grader, args.concurrency, results_file,
-                               on_done)
+            if getattr(args, "ray", None) is not None:   # ray is imported only with --ray
+                from reasonloom.bench.ray_runner import ray_bench_recipe
+
+                ran = await ray_bench_recipe(recipe, items, args.grader, args.concurrency,
+                                             results_file, on_done, address=args.ray,
+                                             log_dir=out)
+                console.print(f"ray: {len(ran['workers'])} workers on {ran['nodes']} node(s), "
+                              f"{ran['wall_s']:.1f} s")
+            else:
+                await bench_recipe(recipe, items, args.grader, args.concurrency, results_file,
+                                   on_done)
             stop.set()
             await sampler
         if meter.available and stats["done"]:

@@ -122,7 +122,8 @@ class RunContext:
             self.state.events.emit("call_finished", self.node, role=role.name, call_kind=kind,
                                    ok=rec.ok, prompt_tokens=rec.prompt_tokens,
                                    completion_tokens=rec.completion_tokens,
-                                   cost_usd=rec.cost_usd, cache_hit=rec.cache_hit)
+                                   cost_usd=rec.cost_usd, cache_hit=rec.cache_hit,
+                                   served_by=rec.served_by)
         return rec
 
     async def _wait_retry(self, role: Role, attempt: int, exc: BackendError) -> None:
@@ -214,7 +215,8 @@ class RunContext:
                         wasted: int = 0) -> bool:
         """Record the failed attempt; True if the policy allows another."""
         self._record(role, kind, key, attempt, t0, ok=False, seed=seed,
-                     error=f"{type(exc).__name__}: {exc}", wasted_completion_tokens=wasted)
+                     error=f"{type(exc).__name__}: {exc}", wasted_completion_tokens=wasted,
+                     served_by=getattr(exc, "served_by", None))
         return exc.retryable and attempt < role.spec.retry.max_attempts
 
     async def stream(self, role: Role | str, req: GenerateRequest, call_key: str,
@@ -281,7 +283,8 @@ class RunContext:
                 self._record(role, "stream", call_key, attempt, t0, prompt_tokens=prompt_tokens,
                              completion_tokens=completion,
                              cached_prompt_tokens=(final.cached_prompt_tokens or 0) if final else 0,
-                             cost_usd=cost, ttft_s=ttft, seed=req.seed, n=req.n)
+                             cost_usd=cost, ttft_s=ttft, seed=req.seed, n=req.n,
+                             served_by=final.served_by if final else None)
                 if key is not None:
                     self.state.store.put(key, {"text": text, "finish_reason":
                                                final.finish_reason if final else None})
@@ -324,7 +327,8 @@ class RunContext:
                 spent_tokens, spent_dollars = prompt_tokens, cost
                 self._record(role, "score", call_key, attempt, t0, prompt_tokens=prompt_tokens,
                              completion_tokens=0, cost_usd=cost,
-                             cached_prompt_tokens=getattr(scored, "cached_prompt_tokens", 0) or 0)
+                             cached_prompt_tokens=getattr(scored, "cached_prompt_tokens", 0) or 0,
+                             served_by=getattr(scored, "served_by", None))
                 if key is not None:
                     self.state.store.put(key, {"tokens": [t.model_dump(mode="json")
                                                           for t in scored]})

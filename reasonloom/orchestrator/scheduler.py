@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from reasonloom.backends.base import AFFINITY_KEY
 from reasonloom.orchestrator.budget import Budget, BudgetExceeded, BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode, RunStore
 from reasonloom.orchestrator.context import PartialStream, RunContext, RunState
@@ -168,6 +169,9 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
     state = RunState(run_id=run_id, seed=seed, roles=roles, budget=Budget(budget),
                      events=events, store=store)
     scheduler = Scheduler(graph, state, problem)
+    # replicas keep one problem's calls on one server (its prefix cache); the default id "0"
+    # is shared by every ad-hoc question, so those runs are keyed by their run id instead
+    affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
     t0 = time.time()
     events.emit("run_started", None, run_id=run_id)
 
@@ -184,6 +188,7 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
         events.emit("run_finished", None, status="budget_exceeded")
         raise BudgetExceeded(str(exc), partial=partial, best=state.best) from None
     finally:
+        AFFINITY_KEY.reset(affinity_token)
         if store is not None:
             store.close()
     out = graph.output
