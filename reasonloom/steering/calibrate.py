@@ -105,6 +105,8 @@ def capture_heads(model, rows: list[tuple[list[int], list[int]]], batch_size: in
     try:
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
+            # Positions after a row's last boundary cannot affect it (causal): cut them off.
+            batch = [(ids[:max(pos, default=0) + 1], pos) for ids, pos in batch]
             width = max(len(ids) for ids, _ in batch)
             # Right padding: causal attention keeps every real position blind to the pads.
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -117,7 +119,8 @@ def capture_heads(model, rows: list[tuple[list[int], list[int]]], batch_size: in
             where["pos"] = torch.tensor([p for _, pos in batch for p in pos], dtype=torch.long)
             if where["row"].numel() == 0:
                 continue
-            model(input_ids=input_ids, attention_mask=mask)
+            # The decoder stack only: the LM head (a fifth of the FLOPs here) is not needed.
+            model.model(input_ids=input_ids, attention_mask=mask)
             out.append(torch.stack([captured[i] for i in range(len(layers))], dim=1))
     finally:
         for handle in handles:
@@ -127,7 +130,10 @@ def capture_heads(model, rows: list[tuple[list[int], list[int]]], batch_size: in
 
 def split_and_balance(labels_by_trace: list[list[int]], cfg: CalibrationConfig
                       ) -> dict[str, list[tuple[int, int]]]:
-    """(trace, boundary) pairs per split; negatives subsampled (seeded) to the positives' count."""
+    """(trace, boundary) pairs per split, classes balanced (seeded). Negatives are drawn from
+    the traces that hold a positive first (matched controls: same question and context,
+    another step), then from the rest: a teacher-forced pass costs a whole trace, and this
+    keeps the number of traces to run near the number of positives."""
     rng = random.Random(cfg.seed)
     order = list(range(len(labels_by_trace)))
     rng.shuffle(order)
@@ -136,12 +142,17 @@ def split_and_balance(labels_by_trace: list[list[int]], cfg: CalibrationConfig
     parts = {"train": order[:cut1], "val": order[cut1:cut2], "test": order[cut2:]}
     chosen = {}
     for name, traces in parts.items():
-        pos = [(t, b) for t in traces for b, y in enumerate(labels_by_trace[t]) if y]
-        neg = [(t, b) for t in traces for b, y in enumerate(labels_by_trace[t]) if not y]
-        if not pos or not neg:
+        with_pos = [t for t in traces if any(labels_by_trace[t])]
+        pos = [(t, b) for t in with_pos for b, y in enumerate(labels_by_trace[t]) if y]
+        near = [(t, b) for t in with_pos for b, y in enumerate(labels_by_trace[t]) if not y]
+        far = [(t, b) for t in traces if not any(labels_by_trace[t])
+               for b in range(len(labels_by_trace[t]))]
+        if not pos or not (near or far):
             raise ValueError(f"the {name} split has no {'positive' if not pos else 'negative'} "
                              f"step boundary: give more traces, or check the keywords")
-        chosen[name] = sorted(pos + rng.sample(neg, min(len(neg), len(pos))))
+        neg = rng.sample(near, min(len(near), len(pos)))
+        neg += rng.sample(far, min(len(far), len(pos) - len(neg)))
+        chosen[name] = sorted(pos + neg)
     return chosen
 
 

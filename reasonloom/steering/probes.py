@@ -58,7 +58,10 @@ class HeadProbes:
             # [N, G, D+1, D+1] intermediate).
             weighted = (xs * curvature.unsqueeze(-1)).permute(1, 2, 0)            # [G, D+1, N]
             hess = torch.bmm(weighted, xs.permute(1, 0, 2)) / n + ridge
-            w = w - torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+            step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+            w = w - step
+            if float(step.abs().max()) < 1e-8:        # Newton converged for every head
+                break
         raw_w = w[:, :dim] / std
         raw_b = w[:, dim] - (w[:, :dim] * mean / std).sum(-1)
         return cls(raw_w.float(), raw_b.float())

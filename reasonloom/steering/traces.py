@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict
 SEPARATOR = "\n\n"
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
 _INTROS = ("First,", "Next,", "Then,", "After that,", "Now,")
-_CHECKS = ("Wait, let me check: {a} {op} {b} = {right}, not {wrong}.",
-           "Wait, let me check that again: {a} {op} {b} is {right}, not {wrong}.",
-           "Wait, let me check the last step: {a} {op} {b} = {right}.")
+_CHECKS = ("Wait, let me check: {lhs} = {right}, not {wrong}.",
+           "Wait, let me check that again: {lhs} is {right}, not {wrong}.",
+           "Wait, let me check the last step: {lhs} = {right}.")
 
 
 class Trace(BaseModel):
@@ -53,8 +53,17 @@ def _value(node: ast.AST) -> Fraction:
     raise ValueError(f"not a number: {ast.dump(node)}")
 
 
+def _is_literal(node: ast.AST) -> bool:
+    try:
+        _value(node)
+        return True
+    except ValueError:
+        return False
+
+
 def operation_steps(expression: str) -> list[tuple[str, str, str, Fraction]]:
-    """The expression's binary operations in evaluation order: (a, op, b, result) each."""
+    """The expression's operations in evaluation order: (a, op, b, result) each; a negated
+    group is ("", "neg", inner, result)."""
     steps: list[tuple[str, str, str, Fraction]] = []
 
     def walk(node: ast.AST) -> Fraction:
@@ -64,8 +73,11 @@ def operation_steps(expression: str) -> list[tuple[str, str, str, Fraction]]:
             result = left + right if op == "+" else left - right if op == "-" else left * right
             steps.append((_fmt(left), op, _fmt(right), result))
             return result
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -walk(node.operand)        # a negated group: folded, not a step of its own
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) \
+                and not _is_literal(node):
+            inner = walk(node.operand)        # a negated group is a step of its own
+            steps.append(("", "neg", _fmt(inner), -inner))
+            return -inner
         return _value(node)
 
     walk(ast.parse(expression, mode="eval").body)
@@ -78,14 +90,15 @@ def write_trace(expression: str, steps: list[tuple[str, str, str, Fraction]],
     check the trace carries on with the right value, so the final answer stays correct."""
     parts = [f"We need to compute {expression}."]
     for i, (a, op, b, right) in enumerate(steps):
+        lhs = f"-({b})" if op == "neg" else f"{a} {op} {b}"
         intro = _INTROS[min(i, len(_INTROS) - 1)] if i < 2 else rng.choice(_INTROS[1:])
         if i == slip_at:
             wrong = right + rng.choice((-10, -2, -1, 1, 2, 10))
-            parts.append(f"{intro} {a} {op} {b} = {_fmt(wrong)}.")
-            parts.append(rng.choice(_CHECKS).format(a=a, op=op, b=b, right=_fmt(right),
+            parts.append(f"{intro} {lhs} = {_fmt(wrong)}.")
+            parts.append(rng.choice(_CHECKS).format(lhs=lhs, right=_fmt(right),
                                                     wrong=_fmt(wrong)))
         else:
-            parts.append(f"{intro} {a} {op} {b} = {_fmt(right)}.")
+            parts.append(f"{intro} {lhs} = {_fmt(right)}.")
     parts.append(f"So the answer is {_fmt(steps[-1][3])}.")
     return SEPARATOR.join(parts)
 
