@@ -36,7 +36,7 @@ from reasonloom.orchestrator.context import RunContext
 from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.types import (Answer, Candidate, Candidates, FrozenModel, Message,
                                            Problem, Usage)
-from reasonloom.strategies.moa_staircase import (ProposalBoard, Snapshot, StaircaseResult,
+from reasonloom.strategies.moa_staircase import (AggregationResult, ProposalBoard, Snapshot,
                                                  StaircaseSchedule, staircase_aggregate,
                                                  stream_proposal)
 from reasonloom.strategies.prompts import DEFAULT_SYSTEM, problem_messages, with_candidates
@@ -139,20 +139,20 @@ async def propose_layer(problem: Problem, index: int, layer: Sequence[ProposerSp
 
 # -- aggregation ---------------------------------------------------------------------------------
 async def aggregate_vanilla(problem: Problem, proposals: Candidates, cfg: MoAConfig,
-                            ctx: RunContext) -> StaircaseResult:
+                            ctx: RunContext) -> AggregationResult:
     """The MoA paper's aggregator: one streamed call that sees every proposal in full."""
     spec = cfg.aggregator
     req = GenerateRequest(messages=aggregator_messages(problem, proposals.texts(), cfg.system),
                           temperature=spec.temperature, top_p=spec.top_p,
                           max_tokens=spec.max_tokens)
-    result = StaircaseResult(text="")
+    result = AggregationResult(text="")
     async for delta in ctx.stream(ctx.roles.pick(spec.role), req, "aggregate", answer=True):
         result.text += delta.text
     return result
 
 
 async def aggregate_staircase(problem: Problem, references: Sequence[str], cfg: MoAConfig,
-                              ctx: RunContext) -> tuple[StaircaseResult, Candidates]:
+                              ctx: RunContext) -> tuple[AggregationResult, Candidates]:
     """The last layer streams into a board while the aggregator climbs the staircase."""
     index = len(cfg.layers) - 1
     jobs = _jobs(cfg.layers[index], index)

@@ -41,14 +41,17 @@ class StaircaseSchedule(FrozenModel):
     Default schedule, and why: the aggregator writes segments of 32 tokens (`segment_tokens`)
     and, at each segment boundary, is re-prompted if some proposer grew by >= 16 tokens
     (`chunk_tokens`) or finished. When proposers and aggregator share one engine they decode
-    at the same rate, so each 32-token segment brings ~32 new tokens per running proposer:
-    every boundary re-prompts with about one fresh chunk, i.e. ~(proposal - first chunk)/32
-    re-prompts per answer (5 for 192-token proposals). Each costs one prefill of the prompt
-    after the first response that grew (the rest is a prefix-cache hit): on the 2-core CPU
-    engine ~0.1-0.3 s against ~1.3 s to decode 32 tokens. Shorter segments double that
-    overhead; longer ones let the aggregator write longer on stale partial proposals.
-    A boundary with less than `chunk_tokens` new text continues the same prompt instead of
-    re-prompting (a redundant re-prompt would only move the cache boundary).
+    at the same rate, so a 32-token segment brings ~32 new tokens per running proposer: every
+    boundary re-prompts with about one fresh chunk, ~(proposal - first chunk) / 32 re-prompts
+    per answer (5 for 192-token proposals). A re-prompt costs one prefill of the prompt from
+    the first response that grew onwards (the system, the question and the responses before
+    it are prefix-cache hits), which the caller sees as one longer gap between answer tokens
+    (benchmarks/staircase.py reports it). Shorter segments pay that gap more often; longer
+    ones let the aggregator write longer on stale partial proposals. A boundary with less than
+    `chunk_tokens` new text continues the same prompt instead (a redundant re-prompt would
+    buy a prefill for almost no new evidence).
+    `first_chunk_tokens` (32; never below 16) sets the time to the first answer token: about
+    the time the proposers need for that many tokens, plus one aggregator prefill.
     """
 
     first_chunk_tokens: int = 32   # every proposer's first chunk before the aggregator starts
@@ -162,7 +165,9 @@ class Segment(BaseModel):
     finish_reason: str | None = None
 
 
-class StaircaseResult(BaseModel):
+class AggregationResult(BaseModel):
+    """The aggregator's text and, in staircase mode, one record per call (vanilla: none)."""
+
     text: str
     segments: list[Segment] = Field(default_factory=list)
     started_s: float = 0.0         # seconds from the node's start to the aggregator's first call
@@ -180,7 +185,7 @@ async def staircase_aggregate(ctx: RunContext, board: ProposalBoard, role: Role,
                               schedule: StaircaseSchedule,
                               messages_for: Callable[[Snapshot], tuple[Message, ...]],
                               max_tokens: int, temperature: float, top_p: float = 1.0,
-                              call_prefix: str = "aggregate") -> StaircaseResult:
+                              call_prefix: str = "aggregate") -> AggregationResult:
     """The aggregator's side of the staircase; returns its text and one record per call."""
     if not role.backend.capabilities.continue_final_message:
         raise CapabilityMissing(f"{ctx.node}: staircase mode continues the aggregator's own text "
@@ -189,7 +194,7 @@ async def staircase_aggregate(ctx: RunContext, board: ProposalBoard, role: Role,
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     shown = await board.wait_for(lambda s: s.has_first_chunks(schedule.first_chunk_tokens))
-    result = StaircaseResult(text="", started_s=loop.time() - t0)
+    result = AggregationResult(text="", started_s=loop.time() - t0)
     # The last tokens of the budget wait for the complete proposals, so that the final
     # prompt always holds them even when the aggregator outruns the proposers.
     reserve = max(1, min(schedule.segment_tokens, max_tokens // 2))
