@@ -12,6 +12,20 @@ from reasonloom.backends.vllm.engine import DEFAULT_ENGINE_ARGS, engine_key, get
 from reasonloom.orchestrator.types import Message
 
 
+def whole_prompt_prefill(args: dict[str, Any]) -> dict[str, Any]:
+    """Every call we send is seeded; on the CPU engine a seeded request whose prompt is split
+    across steps by chunked prefill crashes the worker ("CPU Generator does not use offset").
+    So prompts are prefilled whole (the step budget must then hold the longest prompt), unless
+    the caller chose otherwise or speculative decoding (which needs chunked steps) is on."""
+    if "enable_chunked_prefill" in args or "reasonloom_speculative" in args \
+            or "speculative_config" in args:
+        return args
+    window = int(args.get("max_model_len") or 8192)
+    return {**args, "enable_chunked_prefill": False,
+            "max_num_batched_tokens": max(int(args.get("max_num_batched_tokens") or 0),
+                                          window, 8192)}
+
+
 def _top_logprobs(position: dict[int, Any] | None, k: int) -> tuple[float, ...]:
     if not position or k <= 0:
         return ()
@@ -31,7 +45,7 @@ class VLLMBackend(Backend):
     def __init__(self, model: str, engine_args: dict[str, Any] | None = None,
                  served_name: str | None = None):
         self.model_path = model
-        self.engine_args = {**DEFAULT_ENGINE_ARGS, **(engine_args or {})}
+        self.engine_args = whole_prompt_prefill({**DEFAULT_ENGINE_ARGS, **(engine_args or {})})
         self.model = served_name or model
         self._engine: Any = None
 
