@@ -100,9 +100,12 @@ class AffinityRule(CustomRoutingStrategyBase):
         ours = field_of(field_of(request_kwargs, "metadata"), _META) or {}
         deployments = {d["model_info"]["id"]: d for d in self.router.registry().deployments(model)}
         ids = [r.id for r in self.backend.replicas if r.id in deployments]
-        excluded = await self.backend.excluded(self.router, ids)
-        rid = choose_replica(ours.get("affinity"), ids, excluded, self.backend.in_flight,
-                             self.backend.picked)
+        cooling, unhealthy = await self.backend.excluded(self.router, ids)
+        key, busy, picked = ours.get("affinity"), self.backend.in_flight, self.backend.picked
+        # a probe is a hint: when it rules out every replica (a slow /health under load), only
+        # the Router's cooldowns, which real failures set, keep a replica out
+        rid = (choose_replica(key, ids, cooling | unhealthy, busy, picked)
+               or choose_replica(key, ids, cooling, busy, picked))
         if rid is None:
             raise Unreachable(f"every replica of {self.backend.model!r} is cooling down or "
                               f"failing its health check: "
@@ -184,12 +187,12 @@ class ReplicaBackend(LiteLLMBackend):
             self._start_prober()
         return self._routers[loop]
 
-    async def excluded(self, router: Any, ids: Sequence[str]) -> set[str]:
-        """Replicas litellm says to avoid: cooling down, or unhealthy by the last probe."""
+    async def excluded(self, router: Any, ids: Sequence[str]) -> tuple[set[str], set[str]]:
+        """Replicas litellm says to avoid: (cooling down, unhealthy by the probes)."""
         health = router.health()
         cooling = await health.cooldowns.async_get_active_cooldowns(list(ids), None)
         unhealthy = await health.health_checks.async_get_unhealthy_deployment_ids()
-        return {rid for rid, _ in cooling} | set(unhealthy)
+        return {rid for rid, _ in cooling}, set(unhealthy)
 
     def reserve(self, call: str | None, rid: str) -> None:
         self.picked[rid] += 1
@@ -208,6 +211,7 @@ class ReplicaBackend(LiteLLMBackend):
     def _start_prober(self) -> None:
         if self.routing.health_check_s is None or self._prober is not None:
             return
+        self._stop = threading.Event()   # a fresh one: aclose() set the last
         self._prober = threading.Thread(target=self._probe_forever, daemon=True,
                                         name=f"reasonloom-health-{self.group}")
         self._prober.start()
@@ -229,16 +233,20 @@ class ReplicaBackend(LiteLLMBackend):
 
     def _probe_forever(self) -> None:
         interval = float(self.routing.health_check_s or 5.0)
-        while not self._stop.is_set():
+        stop = self._stop
+        misses = {r.id: 0 for r in self.replicas}
+        while not stop.is_set():
             states = {}
             for replica in self.replicas:
-                ok, reason = self.probe(replica, timeout_s=min(2.0, interval))
-                states[replica.id] = {"is_healthy": ok, "timestamp": time.time(),
-                                      "reason": "" if ok else reason}
+                ok, reason = self.probe(replica)
+                misses[replica.id] = 0 if ok else misses[replica.id] + 1
+                # two misses in a row: one slow answer on a loaded machine is not a death
+                states[replica.id] = {"is_healthy": misses[replica.id] < 2,
+                                      "timestamp": time.time(), "reason": "" if ok else reason}
             self._health = states
             for router in list(self._routers.values()):
                 router.health().health_checks.set_deployment_health_states(dict(states))
-            self._stop.wait(interval)
+            stop.wait(interval)
 
     # -- transport -------------------------------------------------------------------------------
     def _router_args(self, body: dict[str, Any], call: str) -> dict[str, Any]:
@@ -267,7 +275,7 @@ class ReplicaBackend(LiteLLMBackend):
             if not isinstance(mapped, Unreachable) and "Cannot connect to host" in str(exc):
                 mapped = Unreachable(f"cannot reach {url}: {what} could not connect "
                                      f"({one_line(exc, 160)})")
-        mapped.served_by = url   # type: ignore[attr-defined]   # the ledger's served_by
+        mapped.served_by = replica.base_url if replica else None   # type: ignore[attr-defined]
         return mapped
 
     def served_for(self, response: Any) -> str:
@@ -340,6 +348,7 @@ class ReplicaBackend(LiteLLMBackend):
 
     async def aclose(self) -> None:
         self._stop.set()
+        self._prober = None   # the next call, on whatever loop, starts routers and probes anew
         self._routers = {}
         await super().aclose()
 

@@ -104,7 +104,11 @@ class EngineServer:
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
-        self._wait_healthy(start_timeout_s)
+        try:
+            self._wait_healthy(start_timeout_s)
+        except BaseException:   # Ctrl-C while it starts: no engine is left behind
+            self.stop()
+            raise
 
     def _wait_healthy(self, timeout_s: float) -> None:
         import httpx
@@ -113,7 +117,6 @@ class EngineServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-                self.stop()
                 raise RayBenchError(f"the vLLM server for {self.served_name} exited "
                                     f"({self.proc.returncode}): {tail[0]} (log: {self.log})")
             try:
@@ -122,7 +125,6 @@ class EngineServer:
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        self.stop()
         raise RayBenchError(f"the vLLM server for {self.served_name} was not healthy within "
                             f"{timeout_s:.0f} s (log: {self.log})")
 
