@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A step of a busy 2-core machine can exceed vLLM's 300 s RPC limit; that is not an error here.
+os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "1800")
 
 from benchmarks._common import (data_dir, machine, print_table, python_version,  # noqa: E402
                                 write_result)
