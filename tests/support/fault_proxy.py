@@ -146,6 +146,13 @@ async def fault_stall(proxy: "FaultProxy", req: ProxiedRequest,
     await _hold(proxy, req.reader)
 
 
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """At shutdown, exchanges still open are cancelled; asyncio's stream callback would log
+    each as an error."""
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
+
+
 class FaultProxy:
     """`faults` maps a fault kind (a key of `handlers`) to its probability per request."""
 
@@ -213,12 +220,14 @@ class FaultProxy:
             self.port = self._server.sockets[0].getsockname()[1]
             started.set()
             self._loop.run_forever()
+            self._loop.set_exception_handler(_quiet_cancellations)
             # Exchanges still open (a client that gave up mid-answer) end here, not after close.
             self._server.close()
             pending = asyncio.all_tasks(self._loop)
             for task in pending:
                 task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            if pending:   # gather() of nothing would look for this thread's (unset) loop
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
         self._thread = threading.Thread(target=serve, name="fault-proxy", daemon=True)
