@@ -97,20 +97,25 @@ async def run_arm(recipe, items, on_start=None) -> dict:
 
 def replicas_part(n_problems: int, tokens: int, logs: Path) -> dict:
     from reasonloom.backends.vllm.embedded import MODEL_NAME, ensure_embedded_model
+    from reasonloom.backends.vllm.backend import whole_prompt_prefill
     from reasonloom.backends.vllm.engine import DEFAULT_ENGINE_ARGS
     from reasonloom.bench.ray_runner import EngineServer
     from reasonloom.recipe import Recipe
 
     items = load_items(n_problems)
-    # float32 and eager as the tests run it: no torch.compile at start (minutes on 2 cores)
-    engine = {**DEFAULT_ENGINE_ARGS, "max_model_len": 2048, "dtype": "float32",
-              "enforce_eager": True}
+    # float32 and eager as the tests run it: no torch.compile at start (minutes on 2 cores);
+    # whole-prompt prefill as the in-process engine: a seeded request split by chunked prefill
+    # crashes the CPU worker
+    engine = whole_prompt_prefill({**DEFAULT_ENGINE_ARGS, "max_model_len": 2048,
+                                   "dtype": "float32", "enforce_eager": True})
     t0 = time.monotonic()
     servers = []
     try:
-        for i in range(2):
+        for i in range(2):   # both start at once, then both must answer
             servers.append(EngineServer(str(ensure_embedded_model()), MODEL_NAME, engine,
-                                        logs / f"replica{i}.log"))
+                                        logs / f"replica{i}.log", wait=False))
+        for server in servers:
+            server.wait_healthy()
         start_s = time.monotonic() - t0
         a, b = (s.base_url for s in servers)
 

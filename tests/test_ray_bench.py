@@ -120,6 +120,7 @@ nodes:
     assert servers == launched and len(launched) == 1          # one engine for both roles
     assert launched[0].engine["dtype"] == "float32"
     assert launched[0].engine["enable_prefix_caching"] is True  # the in-process defaults
+    assert launched[0].engine["enable_chunked_prefill"] is False
     models = served.spec.models
     for name, price in (("strong", 0.8), ("cheap", 0.1)):
         assert models[name].backend == "openai" and models[name].base_url == launched[0].base_url

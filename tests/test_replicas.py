@@ -116,8 +116,10 @@ def test_killed_replica_leaves_the_rotation_and_every_call_is_accounted(replicas
     killed_at: list[float] = []
 
     async def kill_mid_run(calls, backend):
-        # some calls done, and some in flight on the victim
-        while sum(len(v) for v in calls.values()) < 8 or not backend.in_flight["replica0"]:
+        # some calls done, and some in flight on the victim (a deadline: never hang the suite)
+        deadline = time.monotonic() + 60
+        while ((sum(len(v) for v in calls.values()) < 8 or not backend.in_flight["replica0"])
+               and time.monotonic() < deadline):
             await asyncio.sleep(0.005)
         os.killpg(victim.proc.pid, signal.SIGKILL)
         killed_at.append(time.monotonic())
@@ -151,6 +153,36 @@ def test_killed_replica_leaves_the_rotation_and_every_call_is_accounted(replicas
 def recs_after_failure_on(recs: list[dict], survivor: str) -> bool:
     first_fail = next(i for i, c in enumerate(recs) if not c["ok"])
     return all(c["served_by"] == survivor for c in recs[first_fail + 1:] if c["ok"])
+
+
+def test_streams_and_failed_attempts_name_the_replica_that_served_them(replicas):
+    from reasonloom.backends.base import AFFINITY_KEY, GenerateRequest
+    from reasonloom.backends.errors import Unreachable
+    from reasonloom.backends.factory import BackendSpec, Endpoint, ReplicaRouting, build_backend
+    from reasonloom.orchestrator.types import Message
+
+    live, dead = f"{replicas[0].base}/v1", "http://127.0.0.1:9/v1"   # nothing listens on 9
+    backend = build_backend(BackendSpec(
+        backend="openai", model="replica", endpoints=(Endpoint(base_url=dead),
+                                                      Endpoint(base_url=live)),
+        routing=ReplicaRouting(allowed_fails=0, health_check_s=None)))
+    key = next(k for k in map(str, range(100))   # a problem whose own replica is the dead one
+               if rendezvous_order(k, ["replica0", "replica1"])[0] == "replica0")
+    req = GenerateRequest(messages=(Message(role="user", content="hello"),), max_tokens=16)
+
+    async def go():
+        AFFINITY_KEY.set(key)
+        with pytest.raises(Unreachable) as failed:
+            await backend.generate(req)
+        deltas = [d async for d in backend.stream(req)]   # the dead one is cooling down now
+        await backend.aclose()
+        return failed.value, deltas
+
+    error, deltas = asyncio.run(go())
+    assert dead in str(error) and error.served_by == dead
+    assert "".join(d.text for d in deltas).startswith("You said: hello")
+    assert deltas[-1].served_by == live and deltas[-1].completion_tokens > 0
+    assert backend.in_flight == {"replica0": 0, "replica1": 0}
 
 
 # -- the routing rule, without servers ------------------------------------------------------------

@@ -86,7 +86,7 @@ class EngineServer:
     the cluster spans several."""
 
     def __init__(self, model_path: str, served_name: str, engine: dict[str, Any], log: Path,
-                 host: str = "127.0.0.1", start_timeout_s: float = 600):
+                 host: str = "127.0.0.1", start_timeout_s: float = 600, wait: bool = True):
         with socket.socket() as sock:
             sock.bind(("", 0))
             self.port = sock.getsockname()[1]
@@ -104,11 +104,18 @@ class EngineServer:
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
+        self.start_timeout_s = start_timeout_s
+        if wait:
+            self.wait_healthy()
+
+    def wait_healthy(self) -> "EngineServer":
+        """Blocks until the server answers /health (`wait=False` starts several at once)."""
         try:
-            self._wait_healthy(start_timeout_s)
+            self._wait_healthy(self.start_timeout_s)
         except BaseException:   # Ctrl-C while it starts: no engine is left behind
             self.stop()
             raise
+        return self
 
     def _wait_healthy(self, timeout_s: float) -> None:
         import httpx
@@ -147,6 +154,7 @@ def serve_engine_roles(recipe, log_dir: Path, host: str = "127.0.0.1",
                        launch: Launcher | None = None) -> tuple[Any, list[Any]]:
     """The recipe with every `embedded` / `vllm` role pointed at a shared OpenAI server (one
     per distinct model + engine arguments), and the servers started for it."""
+    from reasonloom.backends.vllm.backend import whole_prompt_prefill
     from reasonloom.backends.vllm.engine import DEFAULT_ENGINE_ARGS
     from reasonloom.recipe import Recipe
 
@@ -165,7 +173,8 @@ def serve_engine_roles(recipe, log_dir: Path, host: str = "127.0.0.1",
                 path, served = str(ensure_embedded_model()), MODEL_NAME
             else:
                 path, served = role.model, role.model
-            engine = {**DEFAULT_ENGINE_ARGS, **role.backend_spec().engine}
+            # the in-process engine's settings exactly, so the server answers as it would
+            engine = whole_prompt_prefill({**DEFAULT_ENGINE_ARGS, **role.backend_spec().engine})
             key = json.dumps([path, engine], sort_keys=True, default=str)
             if key not in servers:
                 servers[key] = launch(path, served, _translated(path, engine),
