@@ -25,8 +25,10 @@ $(VENV)/.ready: pyproject.toml
 run: setup
 	$(VENV)/bin/reasonloom run recipes/self_consistency.yaml --input "$(QUESTION)"
 
+# --timeout: a hung engine must not eat CI's 90 minutes; --reruns 1: one retry for a test hit
+# by the machine (an OOM-killed engine worker, a pseudo-terminal read that timed out)
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 --reruns 1 --reruns-delay 5
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not engine and not slow"

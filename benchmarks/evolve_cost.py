@@ -89,12 +89,20 @@ async def run_arm(problems: list[Problem], roles: Roles, params: dict,
                   concurrent: bool) -> dict:
     """Every problem through one evolve configuration; totals and per-problem correctness."""
     graph = evolve_graph(params)
+    scoring = {"dollars": 0.0, "tokens": 0}
+
+    def count_scoring(event) -> None:   # the confidence reads: prefill-only calls, kind score
+        if event.kind == "call_finished" and event.data.get("call_kind") == "score":
+            scoring["dollars"] += event.data["cost_usd"]
+            scoring["tokens"] += event.data["prompt_tokens"]
+
     t0 = time.perf_counter()
     if concurrent:
-        results = await asyncio.gather(*(run(graph, p, roles, seed=i)
+        results = await asyncio.gather(*(run(graph, p, roles, seed=i, subscribers=[count_scoring])
                                          for i, p in enumerate(problems)))
     else:
-        results = [await run(graph, p, roles, seed=i) for i, p in enumerate(problems)]
+        results = [await run(graph, p, roles, seed=i, subscribers=[count_scoring])
+                   for i, p in enumerate(problems)]
     wall = time.perf_counter() - t0
     correct = [answers_equal(r.answer.answer, p.gold) for r, p in zip(results, problems)]
     routing: dict[str, int] = {}
@@ -109,6 +117,8 @@ async def run_arm(problems: list[Problem], roles: Roles, params: dict,
         "population_accuracy": sum(population_acc) / len(problems),
         "dollars": sum(r.usage.total.cost_usd for r in results),
         "tokens": sum(r.usage.total.total_tokens for r in results),
+        "scoring_dollars": scoring["dollars"],
+        "scoring_tokens": scoring["tokens"],
         "by_role_dollars": {role: sum(r.usage.by_model[role].cost_usd for r in results
                                       if role in r.usage.by_model) for role in PRICES},
         "wall_s": wall,
@@ -279,6 +289,9 @@ async def simulation(count: int, hallucination: float, swayed: str) -> dict:
     strong = out["single_strong"]
     for arm in out.values():
         arm["cost_ratio"] = arm["dollars"] / strong["dollars"]
+        # counterfactual: what the ratio would be if the confidence reads cost nothing
+        arm["cost_ratio_without_scoring"] = (arm["dollars"] - arm["scoring_dollars"]) \
+            / strong["dollars"]
         arm["acc_gap_points"] = 100 * (arm["accuracy"] - strong["accuracy"])
     equal = [(out[f"squeeze_p{p}"]["cost_ratio"], p) for p in SIM_SETTING["cut_points"]
              if out[f"squeeze_p{p}"]["acc_gap_points"] >= -1.0 - 1e-9]
@@ -291,12 +304,13 @@ async def simulation(count: int, hallucination: float, swayed: str) -> dict:
 # -- report ------------------------------------------------------------------------------------
 def table(title: str, arms: dict[str, dict], ref: str) -> None:
     print(f"\n{title}")
-    print(f"{'arm':<15}{'acc':>7}{'pop acc':>9}{'$ total':>11}{'x ref $':>9}{'tokens':>11}"
-          f"{'wall s':>8}  routing share")
+    print(f"{'arm':<15}{'acc':>7}{'pop acc':>9}{'$ total':>11}{'x ref $':>9}{'$ scoring':>11}"
+          f"{'tokens':>11}{'wall s':>8}  routing share")
     for name, a in arms.items():
         share = ", ".join(f"{k} {v:.0%}" for k, v in a["routing_share"].items())
         print(f"{name:<15}{a['accuracy']:>7.3f}{a['population_accuracy']:>9.3f}"
               f"{a['dollars']:>11.5f}{a['dollars'] / arms[ref]['dollars']:>9.3f}"
+              f"{a['scoring_dollars']:>11.5f}"
               f"{a['tokens']:>11}{a['wall_s']:>8.1f}  {share}")
 
 

@@ -69,6 +69,20 @@ class RoleConfig(FrozenModel):
             seen.add(endpoint.base_url)
         return value
 
+    @field_validator("speculative")
+    @classmethod
+    def _known_speculative(cls, value: str | dict[str, Any] | None
+                           ) -> str | dict[str, Any] | None:
+        from reasonloom.backends.vllm.engine import SpeculativeSpec
+
+        try:   # `none | ngram | history`, or {method: ..., its parameters}
+            SpeculativeSpec.parse(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"speculative{'.' + where if where else ''}: {err['msg']}") from None
+        return value
+
     @field_validator("api_key_env")
     @classmethod
     def _is_a_name(cls, value: str | None) -> str | None:
@@ -102,6 +116,7 @@ class RecipeSpec(FrozenModel):
     output: str | None = None
     budget: BudgetSpec = BudgetSpec()
     cache: CacheMode = "off"
+    shaping: bool = True     # `on | off`: prefix-aware prompt layout and n-sampling
 
 
 class RecipeError(ValueError):
@@ -250,6 +265,7 @@ class Recipe:
         kwargs.setdefault("seed", self.spec.seed)
         kwargs.setdefault("budget", self.spec.budget)
         kwargs.setdefault("cache", self.spec.cache)
+        kwargs.setdefault("shaping", self.spec.shaping)
         return await run(self.graph, problem, roles or self.build_roles(), **kwargs)
 
     def run(self, problem: Problem | str, **kwargs: Any):

@@ -3,6 +3,7 @@ scripted backend, and refusing documents too long for the run before any call.""
 from __future__ import annotations
 
 import asyncio
+import doctest
 import functools
 import math
 import re
@@ -236,6 +237,12 @@ def test_a_problem_without_a_document_is_refused():
     with pytest.raises(RunFailed, match="no context document"):
         asyncio.run(run(_graph(chunk_tokens=100, overlap_tokens=0),
                         Problem.from_text("What is the code?"), _roles(backend)))
+
+
+def test_docstring_example_runs():
+    import reasonloom.strategies.chunked as chunked_module
+
+    assert doctest.testmod(chunked_module).failed == 0
 
 
 # -- the shipped recipe ----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ class ScriptedBackend(Backend):
 
     def __init__(self, responder: Responder | str | None = None, *, model: str = "scripted",
                  delay_s: float = 0.0, chunk_chars: int = 4, chunk_delay_s: float = 0.0,
-                 logprobs: bool = True, faults: Callable[[GenerateRequest], BackendError | None]
+                 logprobs: bool = True, supports_n: bool = True, faults: Callable[[GenerateRequest], BackendError | None]
                  | None = None):
         if isinstance(responder, str):
             if responder not in RESPONDERS:
@@ -51,6 +51,7 @@ class ScriptedBackend(Backend):
         self.chunk_chars = chunk_chars
         self.chunk_delay_s = chunk_delay_s
         self._logprobs = logprobs
+        self._supports_n = supports_n
         self.faults = faults
         self.calls = 0
         self.in_flight = 0
@@ -58,7 +59,8 @@ class ScriptedBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(logprobs=self._logprobs, prompt_logprobs=self._logprobs,
+        return Capabilities(n=self._supports_n, logprobs=self._logprobs,
+                            prompt_logprobs=self._logprobs,
                             context_length=1_000_000)
 
     def _count(self, text: str) -> int:

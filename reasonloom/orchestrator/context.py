@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
 
@@ -17,6 +18,14 @@ from reasonloom.orchestrator.ledger import CallRecord, Ledger
 from reasonloom.orchestrator.roles import Role, Roles
 from reasonloom.orchestrator.seeds import derive_seed
 from reasonloom.orchestrator.types import Answer, Message
+
+# The run's prompt-shaping switch for prompt helpers that have no ctx (strategies/prompts.py);
+# set by scheduler.run for the run's tasks, on outside any run.
+SHAPING: ContextVar[bool] = ContextVar("reasonloom_shaping", default=True)
+
+
+def shaping_enabled() -> bool:
+    return SHAPING.get()
 
 
 @dataclass
@@ -31,7 +40,9 @@ class RunState:
     events: EventBus = field(default_factory=EventBus)
     store: RunStore | None = None          # None = cache off
     best: Answer | None = None             # the best answer any strategy has published
+    dropped: list[dict[str, Any]] = field(default_factory=list)   # calls a node let fail
     retry_rng: random.Random = field(default_factory=lambda: random.Random(0))
+    shaping: bool = True                   # prefix-aware prompt layout and n-sampling
 
 
 class PartialStream:
@@ -74,6 +85,11 @@ class RunContext:
         self._rng: random.Random | None = None
         self._partials = partials if partials is not None else {}
         self._upstream = upstream or {}
+
+    @property
+    def shaping(self) -> bool:
+        """Prefix-aware request shaping (issue 12): on unless the run turned it off."""
+        return self.state.shaping
 
     @property
     def rng(self) -> random.Random:

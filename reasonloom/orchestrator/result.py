@@ -25,6 +25,7 @@ class RunResult(BaseModel):
     events: list[dict[str, Any]] = Field(default_factory=list)
     status: str = "ok"                     # ok | failed | budget_exceeded
     failures: list[NodeFailure] = Field(default_factory=list)
+    dropped: list[dict[str, Any]] = Field(default_factory=list)   # calls a strategy let fail
 
     def summary_json(self) -> dict[str, Any]:
         """What the CLI's --json prints: everything but the raw outputs and events."""

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from reasonloom.backends.base import AFFINITY_KEY
 from reasonloom.orchestrator.budget import Budget, BudgetExceeded, BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode, RunStore
-from reasonloom.orchestrator.context import PartialStream, RunContext, RunState
+from reasonloom.orchestrator.context import SHAPING, PartialStream, RunContext, RunState
 from reasonloom.orchestrator.events import Event, EventBus
 from reasonloom.orchestrator.graph import PROBLEM, Graph, NodeSpec, Source
 from reasonloom.orchestrator.result import NodeFailure, RunFailed, RunResult
@@ -150,11 +150,12 @@ class Scheduler:
 async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int = 0,
               budget: BudgetSpec | None = None, cache: CacheMode = "off",
               run_id: str | None = None, subscribers: list[Callable[[Event], None]] = (),
-              keep_events: bool = False) -> RunResult:
+              keep_events: bool = False, shaping: bool = True) -> RunResult:
     """Run a graph on one problem; returns the pydantic RunResult.
 
     Raises RunFailed (a node the answer needs failed) or BudgetExceeded (with partial results
-    and the best published answer); both keep every finished output.
+    and the best published answer); both keep every finished output. `shaping=False` turns
+    prefix-aware prompt layout and n-sampling off (for comparison; strategies/prompts.py).
     """
     if isinstance(problem, str):
         problem = Problem.from_text(problem)
@@ -167,8 +168,9 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
     for fn in subscribers:
         events.subscribe(fn)
     state = RunState(run_id=run_id, seed=seed, roles=roles, budget=Budget(budget),
-                     events=events, store=store)
+                     events=events, store=store, shaping=shaping)
     scheduler = Scheduler(graph, state, problem)
+    shaping_token = SHAPING.set(shaping)   # node tasks copy it when they are created
     # replicas keep one problem's calls on one server (its prefix cache); the default id "0"
     # is shared by every ad-hoc question, so those runs are keyed by their run id instead
     affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
@@ -179,7 +181,8 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
         ttft = (events.first_answer_t - t0) if events.first_answer_t else None
         return RunResult(run_id=run_id, answer=answer, outputs=scheduler.outputs,
                          usage=state.ledger.report(), wall_s=time.time() - t0, ttft_s=ttft,
-                         events=kept, status=status, failures=scheduler.failures)
+                         events=kept, status=status, failures=scheduler.failures,
+                         dropped=state.dropped)
 
     try:
         await scheduler.run()
@@ -188,6 +191,7 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
         events.emit("run_finished", None, status="budget_exceeded")
         raise BudgetExceeded(str(exc), partial=partial, best=state.best) from None
     finally:
+        SHAPING.reset(shaping_token)
         AFFINITY_KEY.reset(affinity_token)
         if store is not None:
             store.close()

@@ -1,0 +1,7 @@
+"""CREST head steering (arXiv 2512.24574): calibration (calibrate.py, traces.py, probes.py),
+the intervention and its per-token gate (ops.py), and the vLLM plugin that applies them inside
+the engine worker (vllm_plugin.py, steered_llama.py).
+
+Imports nothing here: vLLM imports the plugin module in every process it starts. The core
+modules import no other reasonloom sub-package (only cli.py reaches the embedded model).
+"""

@@ -23,8 +23,6 @@ from typing import Sequence
 
 import torch
 
-GATES = ("step_and_probe", "step")
-
 
 def steer_heads(heads_out: torch.Tensor, head_index: torch.Tensor, vectors: torch.Tensor,
                 strength: float | torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

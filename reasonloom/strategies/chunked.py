@@ -9,11 +9,17 @@
 The document is cut by TOKENS with a true overlap, and every token lands in a chunk (the
 reference code cuts by characters and never reads the last ~(n-1)*2048 characters).
 
-Example:
-    >>> g = Graph()
-    >>> g.add("reader", "chunked", {"mode": "parallel", "chunk_tokens": 512})
-    >>> g.set_output("reader")
-    >>> result = await run(g, Problem.from_text("What is the code?", context=document), roles)
+Example (a scripted backend cannot tokenize, so 3-character units stand in for tokens):
+    >>> import asyncio
+    >>> from reasonloom import Graph, Problem, Role, Roles, RoleSpec, run
+    >>> from reasonloom.backends.scripted import ScriptedBackend
+    >>> roles = Roles({"reader": Role(RoleSpec(name="reader"), ScriptedBackend())})
+    >>> g = Graph().add("reader", "chunked", {"mode": "sequential", "chunk_tokens": 100,
+    ...                                       "overlap_tokens": 10}).set_output("reader")
+    >>> problem = Problem.from_text("How many words?", context="word " * 500)
+    >>> details = asyncio.run(run(g, problem, roles)).answer.details
+    >>> details["workers"], details["spans"][-1], details["document_tokens"]
+    (12, [770, 834], 834)
 """
 from __future__ import annotations
 
@@ -61,7 +67,7 @@ class ChunkedConfig(FrozenModel):
     worker_max_tokens: int = Field(128, ge=1)   # the reference allows 2048; reports are short
     manager_max_tokens: int = Field(128, ge=1)  # the reference's manager limit for QA/KV
     temperature: float = Field(0.0, ge=0)       # the reference decodes greedily
-    worker_instruction: str | None = None       # task-specific instruction (None = generic)
+    worker_instruction: str | None = None       # task-specific; None = generic, "" = none
     manager_instruction: str | None = None
     # Hide "not found" reports from the manager (unless every worker said so): a weak manager
     # is distracted by them (the paper's "aggregator noise"); the reference shows them all.
@@ -157,18 +163,23 @@ MANAGER_INSTRUCTION = "Answer the question briefly, in a few words."
 _NOT_FOUND = re.compile(r"^\W*(not found|n/?a|none|no answer)\b", re.IGNORECASE)
 
 
+def _pick(instruction: str | None, default: str) -> str:
+    """None = the default instruction; "" = none (the prompt ends with the question)."""
+    return default if instruction is None else instruction
+
+
 def says_not_found(report: str) -> bool:
     return not report.strip() or bool(_NOT_FOUND.match(report.strip()))
 
 
 def worker_messages(question: str, part: str, index: int, total: int, cfg: ChunkedConfig,
                     notes: str | None = None) -> tuple[Message, ...]:
-    instruction = cfg.worker_instruction or WORKER_INSTRUCTION[cfg.mode]
+    instruction = _pick(cfg.worker_instruction, WORKER_INSTRUCTION[cfg.mode])
     memory = ""
     if cfg.mode == "sequential":
         memory = f"Notes from the parts before:\n{notes or '(none: this is the first part)'}\n\n"
     body = (f"Question: {question}\n\n{memory}Part {index + 1} of {total}:\n{part}\n\n"
-            f"Question: {question}\n{instruction}")
+            f"Question: {question}\n{instruction}").rstrip()
     return (Message(role="system", content=WORKER_SYSTEM[cfg.mode]),
             Message(role="user", content=body))
 
@@ -180,7 +191,7 @@ def manager_messages(question: str, reports: Sequence[str], cfg: ChunkedConfig
     else:
         shown = "Reports:\n" + "\n".join(f"#{i + 1}: {r.strip()}" for i, r in enumerate(reports))
     body = (f"Question: {question}\n\n{shown}\n\nQuestion: {question}\n"
-            f"{cfg.manager_instruction or MANAGER_INSTRUCTION}")
+            f"{_pick(cfg.manager_instruction, MANAGER_INSTRUCTION)}").rstrip()
     return (Message(role="system", content=MANAGER_SYSTEM), Message(role="user", content=body))
 
 

@@ -36,7 +36,8 @@ from reasonloom.strategies.evolve_fitness import (Member, candidate_confidences,
                                                   diversity_fitness, form_groups,
                                                   group_confidence, member_answer, needs_fitness,
                                                   percentile_thresholds, route_by_percentile)
-from reasonloom.strategies.prompts import DEFAULT_SYSTEM, problem_messages, with_candidates
+from reasonloom.strategies.prompts import (DEFAULT_SYSTEM, canonical_order, problem_messages,
+                                           with_candidates)
 from reasonloom.strategies.sampling import SampleConfig, sample_candidates
 from reasonloom.verifiers.answers import canonical, extract_answer, majority_answer
 
@@ -167,7 +168,8 @@ async def recombine_all(problem: Problem, population: list[Member], groups: list
     """Every group becomes ONE new candidate, written by its routed role; all at once."""
 
     async def recombine(g: int, group: tuple[int, ...], role: Role) -> Member:
-        texts = [population[i].candidate.text for i in group]
+        # members in one canonical order: groups that share members share a longer prefix
+        texts = [population[i].candidate.text for i in canonical_order(group, ctx.shaping)]
         instruction = RECOMBINE.format(k=len(texts)) if len(texts) > 1 else REFINE
         prompt = with_candidates(problem, texts, instruction, system=cfg.system)
         req = GenerateRequest(messages=prompt, n=1, temperature=cfg.temperature,

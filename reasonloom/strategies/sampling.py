@@ -2,13 +2,15 @@
 answers, Wang et al. 2022)."""
 from __future__ import annotations
 
+
 from pydantic import Field
 
 from reasonloom.backends.base import GenerateRequest
 from reasonloom.orchestrator.context import RunContext
+from reasonloom.orchestrator.degrade import gather_tolerant
 from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.types import Answer, Candidate, Candidates, FrozenModel, Problem
-from reasonloom.strategies.prompts import DEFAULT_SYSTEM, problem_messages
+from reasonloom.strategies.prompts import DEFAULT_SYSTEM, problem_messages, use_n_sampling
 from reasonloom.verifiers.answers import extract_answer, majority_answer
 
 
@@ -22,6 +24,7 @@ class SampleConfig(FrozenModel):
     max_tokens: int = Field(256, ge=1)
     system: str | None = DEFAULT_SYSTEM
     stream_answer: bool = False   # stream the (single) sample as the run's answer
+    may_fail: int = Field(0, ge=0)   # samples that may fail (one call each) without failing
 
 
 async def sample_candidates(problem: Problem, cfg: SampleConfig, ctx: RunContext,
@@ -30,14 +33,15 @@ async def sample_candidates(problem: Problem, cfg: SampleConfig, ctx: RunContext
     req = GenerateRequest(messages=problem_messages(problem, cfg.system), n=cfg.n,
                           temperature=cfg.temperature, top_p=cfg.top_p,
                           max_tokens=cfg.max_tokens)
-    if role.backend.capabilities.n or cfg.n == 1:
+    if (role.backend.capabilities.n and use_n_sampling(ctx.shaping)) or cfg.n == 1:
         gen = await ctx.generate(role, req, call_key)
         texts = gen.texts
-    else:   # a server without `n`: sequential samples, each its own recorded call
-        texts = []
-        for i in range(cfg.n):
-            one = req.model_copy(update={"n": 1, "seed": ctx.seed(call_key, i)})
-            texts += (await ctx.generate(role, one, f"{call_key}/{i}")).texts
+    else:   # a server without `n` (or shaping off): one recorded call per sample, together
+        gens = await gather_tolerant(ctx, {
+            f"{call_key}/{i}": ctx.generate(
+                role, req.model_copy(update={"n": 1, "seed": ctx.seed(call_key, i)}),
+                f"{call_key}/{i}") for i in range(cfg.n)}, may_fail=cfg.may_fail)
+        texts = [t for gen in gens.values() for t in gen.texts]
     return Candidates(Candidate(text=t, answer=extract_answer(t), role=role.name) for t in texts)
 
 

@@ -7,7 +7,9 @@ import atexit
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from reasonloom.backends.errors import EngineStartError
 
@@ -34,6 +36,58 @@ def _engine_reason(exc: BaseException) -> str:
     return reasons[-1] if reasons else type(exc).__name__
 
 
+class SpeculativeSpec(BaseModel):
+    """A role's `speculative:` entry: `none | ngram | history`, or a mapping with `method` and
+    its parameters. history = our drafter from earlier samples of the same problem
+    (backends/vllm/drafter.py; its fields are DrafterConfig's); ngram = vLLM's prompt lookup."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["none", "ngram", "history"] = "none"
+    num_speculative_tokens: int = Field(4, ge=1, le=16)
+    prompt_lookup_min: int = Field(2, ge=1)        # ngram
+    prompt_lookup_max: int = Field(4, ge=1)        # ngram
+    window: int | None = Field(None, ge=1)         # history: the drafter's own defaults if unset
+    short_len: int | None = Field(None, ge=0)
+    long_len: int | None = Field(None, ge=0)
+    medium_k: int | None = Field(None, ge=0)
+    min_match: int | None = Field(None, ge=1)
+    max_match: int | None = Field(None, ge=1)
+    min_share: float | None = Field(None, ge=0, le=1)
+    match_factor: float | None = Field(None, gt=0)
+
+    @classmethod
+    def parse(cls, value: "str | dict[str, Any] | SpeculativeSpec | None") -> "SpeculativeSpec":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        return cls(method=value) if isinstance(value, str) else cls.model_validate(value)
+
+
+def speculative_engine_args(engine_args: dict[str, Any]) -> dict[str, Any]:
+    """Translate our `reasonloom_speculative` entry into vLLM's `speculative_config` (and the
+    drafter's tunables into `hf_overrides`, which reaches the engine worker)."""
+    if "reasonloom_speculative" not in engine_args:
+        return engine_args
+    args = dict(engine_args)
+    spec = SpeculativeSpec.parse(args.pop("reasonloom_speculative"))
+    k = spec.num_speculative_tokens
+    if spec.method == "ngram":
+        args["speculative_config"] = {"method": "ngram", "num_speculative_tokens": k,
+                                      "prompt_lookup_min": spec.prompt_lookup_min,
+                                      "prompt_lookup_max": spec.prompt_lookup_max}
+    elif spec.method == "history":
+        from reasonloom.backends.vllm.proposer import CLASS_PATH, CONFIG_KEY
+
+        drafter = spec.model_dump(exclude_none=True, exclude={
+            "method", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max"})
+        args["speculative_config"] = {"method": "custom_class", "model": CLASS_PATH,
+                                      "num_speculative_tokens": k}
+        args["hf_overrides"] = {**(args.get("hf_overrides") or {}), CONFIG_KEY: drafter}
+    return args
+
+
 def steering_engine_args(model: str, engine_args: dict[str, Any]) -> dict[str, Any]:
     """Translate our `reasonloom_steering` entry (a role's `steering:`) into hf_overrides that
     name the steered model class, plus eager mode (reasonloom/steering/vllm_plugin.py)."""
@@ -50,6 +104,7 @@ def _start_engine(model: str, engine_args: dict[str, Any]) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    engine_args = speculative_engine_args(engine_args)
     engine_args = steering_engine_args(model, engine_args)
     args = AsyncEngineArgs(model=model, **engine_args)
     return AsyncLLM.from_engine_args(args)
@@ -71,15 +126,26 @@ async def get_engine(model: str, engine_args: dict[str, Any]) -> Any:
     return _ENGINES[key]
 
 
+def _shutdown(engine: Any) -> None:
+    try:
+        engine.shutdown()
+    except Exception:
+        pass
+    # AsyncLLM.__del__ would shut down again during interpreter teardown and fail noisily.
+    engine.shutdown = lambda *args, **kwargs: None
+
+
 def shutdown_engines() -> None:
     while _ENGINES:
-        _, engine = _ENGINES.popitem()
-        try:
-            engine.shutdown()
-        except Exception:
-            pass
-        # AsyncLLM.__del__ would shut down again during interpreter teardown and fail noisily.
-        engine.shutdown = lambda *args, **kwargs: None
+        _shutdown(_ENGINES.popitem()[1])
+
+
+def shutdown_engine(model: str, engine_args: dict[str, Any]) -> bool:
+    """Shut down the one engine for (model, engine arguments); False if none was running."""
+    engine = _ENGINES.pop(engine_key(model, engine_args), None)
+    if engine is not None:
+        _shutdown(engine)
+    return engine is not None
 
 
 atexit.register(shutdown_engines)
