@@ -37,8 +37,9 @@ def parse_fields(spec: str | None) -> dict[str, str]:
     return mapping
 
 
-def load_jsonl(path: str, limit: int | None = None, fields: dict[str, str] | None = None
-               ) -> list[Item]:
+def load_jsonl(path: str, limit: int | None = None, fields: dict[str, str] | None = None,
+               require_answer: bool = True) -> list[Item]:
+    """Rows of FILE.jsonl as items; `reasonloom run` reads them too (answers optional)."""
     fields = fields or parse_fields(None)
     file = Path(path)
     if not file.is_file():
@@ -55,13 +56,15 @@ def load_jsonl(path: str, limit: int | None = None, fields: dict[str, str] | Non
             if not isinstance(row, dict):
                 raise DatasetError(f"{path}:{lineno}: a row must be a JSON object")
             question = row.get(fields["question"])
+            if question is None and "input" in row:   # key-value retrieval sets
+                question = row["input"]
             if question is None and "turns" in row:   # MT-Bench: the first turn
                 question = row["turns"][0]
             if not isinstance(question, str):
                 raise DatasetError(f"{path}:{lineno}: missing field {fields['question']!r}")
-            if fields["answer"] not in row:
+            if require_answer and fields["answer"] not in row:
                 raise DatasetError(f"{path}:{lineno}: missing field {fields['answer']!r}")
-            answer = row[fields["answer"]]
+            answer = row.get(fields["answer"])
             items.append(Item(id=row.get(fields["id"], row.get("question_id", lineno)),
                               question=question,
                               answer=None if answer is None else str(answer),

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from reasonloom.bench.datasets import DatasetError, load_jsonl
 from reasonloom.recipe import RecipeError, load_recipe
 
 
@@ -27,35 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_ID", help="continue a killed run")
 
 
-class DatasetError(ValueError):
-    pass
-
-
 def read_dataset(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     """JSONL rows with `question` (or `input`/`turns`), optional `answer`, `context`, `id`."""
-    file = Path(path)
-    if not file.exists():
-        raise DatasetError(f"{path}: no such file")
-    rows = []
-    with file.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{lineno}: a row must be a JSON object")
-            question = row.get("question") or row.get("input") or (row.get("turns") or [None])[0]
-            if not isinstance(question, str):
-                raise DatasetError(f"{path}:{lineno}: missing field 'question'")
-            rows.append({"id": row.get("id", row.get("question_id", lineno)),
-                         "question": question, "answer": row.get("answer"),
-                         "context": row.get("context")})
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+    items = load_jsonl(path, limit, require_answer=False)
+    return [item.public() for item in items]
 
 
 def cost_line(result) -> str:
