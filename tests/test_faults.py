@@ -115,16 +115,14 @@ async def reliability_calls(inputs: dict, cfg: CallsConfig, ctx: RunContext) -> 
     problem: Problem = inputs["problem"]
     req = GenerateRequest(messages=problem.messages, temperature=0.9, max_tokens=cfg.max_tokens)
 
-    async def call(i: int) -> tuple[str, str]:
+    async def call(i: int) -> str:
         if not cfg.stream:
-            text = (await ctx.generate("server", req, f"call{i}")).texts[0]
-            return text, text
-        deltas = [d.text async for d in ctx.stream("server", req, f"call{i}")]
-        return "".join(deltas), "".join(deltas)
+            return (await ctx.generate("server", req, f"call{i}")).texts[0]
+        return "".join([d.text async for d in ctx.stream("server", req, f"call{i}")])
 
-    out = await asyncio.gather(*(call(i) for i in range(cfg.calls)))
-    return {"candidates": Candidates(Candidate(text=t) for t, _ in out),
-            "shown": [s for _, s in out], "records": list(ctx.state.ledger.records)}
+    shown = await asyncio.gather(*(call(i) for i in range(cfg.calls)))
+    return {"candidates": Candidates(Candidate(text=t) for t in shown), "shown": list(shown),
+            "records": list(ctx.state.ledger.records)}
 
 
 QUICK_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, jitter=0.2)

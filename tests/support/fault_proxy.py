@@ -183,6 +183,7 @@ class FaultProxy:
         self.arrivals: list[Arrival] = []
         self.port = 0
         self._seen: Counter[str] = Counter()
+        self._exchanges: set[asyncio.Task] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -296,6 +297,10 @@ class FaultProxy:
             up.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio drops its reference to this task when the client hangs up (a client timeout)
+        # while we still wait on upstream: keep one, or the task is collected mid-exchange.
+        task = asyncio.current_task()
+        self._exchanges.add(task)
         try:
             first, head = _parse_head(await reader.readuntil(HEAD_END))
             method, path, _ = first.split(" ", 2)
@@ -313,3 +318,4 @@ class FaultProxy:
             pass   # the client or upstream went away: nothing left to answer
         finally:
             writer.close()
+            self._exchanges.discard(task)
