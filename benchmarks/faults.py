@@ -4,7 +4,8 @@ account for every attempt?
 One vLLM OpenAI-compatible server (SmolLM2-135M, float32, eager) runs as a subprocess, the way
 the test fixture starts it (tests/support/vllm_server.py); the fault proxy
 (tests/support/fault_proxy.py) sits in front of it. Two seeded workloads per problem, cache
-off, every call through OpenAIBackend with a 2 s client timeout:
+off, every call through OpenAIBackend with a 2 s client timeout (raised to 4x the slowest
+warm-up answer where the machine is too busy for 2 s; the result says so):
 - Squeeze Evolve, N = 4, k = 2, T = 2 (two priced roles, cheap scorer: generation,
   n-sampling and prompt-log-prob scoring all cross the proxy);
 - V1: 4 samples, then a pairwise tournament with B = 3N = 12 comparisons.
@@ -55,8 +56,8 @@ from tests.support.vllm_server import VLLMServer  # noqa: E402
 MIX = {"429": 0.25, "500": 0.15, "503": 0.15, "hang": 0.1, "cut": 0.25, "stall": 0.1}
 TIMEOUT_KINDS = {"hang", "stall"}   # these fail on the client's timeout
 EVOLVE = {"population": 4, "group_size": 2, "loops": 2, "cut_points": [50], "scorer": "cheap",
-          "max_tokens": 24, "temperature": 0.8}
-V1_SAMPLES = {"n": 4, "max_tokens": 24, "temperature": 0.8}
+          "max_tokens": 16, "temperature": 0.8}
+V1_SAMPLES = {"n": 4, "max_tokens": 16, "temperature": 0.8}
 V1_TOURNAMENT = {"judge": "strong", "reasoning": False, "max_tokens": 4, "budget_multiplier": 3}
 
 
@@ -103,6 +104,37 @@ async def run_recorded(graph: Graph, problem: Problem, roles: Roles, seed: int
         why = "; ".join(f"{f.node}: {f.error}" for f in scheduler.failures)
         return None, list(state.ledger.records), why or "no output"
     return produced[out.port].text, list(state.ledger.records), None
+
+
+def calibrate_timeout(server: VLLMServer, requested_s: float, problem: Problem) -> dict:
+    """The client timeout to use. A timeout shorter than a sound answer takes turns every call
+    into a timeout: on a busy shared CPU, 2 s may be that. Time the benchmark's largest
+    requests (4 samples of 16 tokens, with recombination-sized prompts) straight to the
+    server, and raise the timeout to 4x the slowest if 2 s is too short (reported)."""
+    from reasonloom.backends.base import GenerateRequest
+    from reasonloom.strategies.prompts import problem_messages, with_candidates
+
+    backend = OpenAIBackend(MODEL_NAME, base_url=server.base_url, timeout_s=120)
+    long_prompt = with_candidates(problem, ["Let me add the numbers step by step. " * 6] * 2,
+                                  "Write one improved solution.")
+    requests = [GenerateRequest(messages=problem_messages(problem), n=4, max_tokens=16,
+                                temperature=0.8, seed=1000 + i) for i in range(2)]
+    requests.append(GenerateRequest(messages=long_prompt, max_tokens=16, seed=7))
+
+    async def timed() -> list[float]:
+        out = []
+        for req in requests:
+            t0 = time.monotonic()
+            await backend.generate(req)
+            out.append(time.monotonic() - t0)
+        await backend.aclose()
+        return out
+
+    latencies = asyncio.run(timed())
+    effective = max(requested_s, round(4 * max(latencies), 1))
+    return {"requested_s": requested_s, "effective_s": effective,
+            "warmup_latencies_s": [round(x, 2) for x in latencies],
+            "raised": effective > requested_s}
 
 
 def arm(server: VLLMServer, problems: list[Problem], rate: float, seed: int,
@@ -264,10 +296,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 problems instead of 10")
     parser.add_argument("--problems", type=int, help="override the number of problems")
     parser.add_argument("--client-timeout", type=float, default=2.0, metavar="S")
+    parser.add_argument("--fixed-timeout", action="store_true",
+                        help="use --client-timeout even where warm-up answers take longer")
     parser.add_argument("--concurrency", type=int, default=2, metavar="N",
                         help="calls in flight per role (keeps answers under the client timeout)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    # a plain kill must still stop the server subprocess (the `with` block below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     count = args.problems or (5 if args.quick else 10)
     problems = load_problems(count)
     t_start = time.monotonic()
@@ -275,11 +311,16 @@ def main() -> None:
     with VLLMServer(log) as server:
         print(f"server up after {time.monotonic() - t_start:.0f} s; {count} problems",
               flush=True)
+        timeout = calibrate_timeout(server, args.client_timeout, problems[0])
+        if args.fixed_timeout:
+            timeout.update(effective_s=args.client_timeout, raised=False)
+        print(f"client timeout {timeout['effective_s']} s (warm-up latencies "
+              f"{timeout['warmup_latencies_s']} s)", flush=True)
         arms = {}
         for label, rate, seed in (("0pct", 0.0, args.seed), ("0pct_again", 0.0, args.seed),
                                   ("10pct", 0.10, args.seed + 1),
                                   ("20pct", 0.20, args.seed + 2)):
-            arms[label] = arm(server, problems, rate, seed, args.client_timeout,
+            arms[label] = arm(server, problems, rate, seed, timeout["effective_s"],
                               args.concurrency)
             a = arms[label]
             print(f"{label}: {a['wall_s']:.0f} s, {a['calls_sent']} requests, "
@@ -297,7 +338,8 @@ def main() -> None:
     result = {
         "benchmark": "faults", "quick": args.quick, "machine": machine(),
         "python": python_version(), "model": MODEL_NAME, "dtype": "float32",
-        "client_timeout_s": args.client_timeout, "concurrency_per_role": args.concurrency,
+        "client_timeout_s": timeout["effective_s"], "client_timeout": timeout,
+        "concurrency_per_role": args.concurrency,
         "fault_mix": MIX, "workloads": {"evolve": EVOLVE, "v1": {**V1_SAMPLES,
                                                                  **V1_TOURNAMENT}},
         "problems": [p.question for p in problems],

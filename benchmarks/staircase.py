@@ -282,7 +282,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "per_question": [{"id": q["id"], "category": q["category"],
                           **{f"{m}_{k}": rows[m][i][k] for m in rows
                              for k in ("ttft_s", "wall_s", "tokens", "reprompts",
-                                       "proposal_tokens")},
+                                       "proposal_tokens", "reprompt_gap_s")},
+                          "staircase_aggregator_started_s":
+                              rows["staircase"][i]["aggregator_started_s"],
                           "judge_vanilla": scores["vanilla"][i],
                           "judge_staircase": scores["staircase"][i]}
                          for i, q in enumerate(questions)],

@@ -127,13 +127,13 @@ def test_window_evicts_old_samples():
         engine.run()
     problem = next(iter(drafter.problems.values()))
     assert len(problem.finished) == 2
-    drafts = {tuple(problem.draft([3, 7, 8], budget=4)) for _ in range(3)}
+    drafts = {tuple(problem.draft([3, 7, 8], budget=4)[0]) for _ in range(3)}
     assert all(d[:1] != (50,) for d in drafts)      # the oldest sample is gone
     assert all(50 not in seq for seq in problem.seqs.values())
 
 
 def test_length_aware_budget_follows_its_rule():
-    cfg = DrafterConfig(k=6, short_len=10, long_len=30, medium_k=2)
+    cfg = DrafterConfig(k=6, short_len=10, long_len=30, medium_k=2, min_accept=0.0)
     assert [cfg.budget(n) for n in (0, 9, 10, 29, 30, 500)] == [0, 0, 2, 2, 6, 6]
     assert DrafterConfig(k=5).budget(DrafterConfig().short_len) == 2   # medium = k // 2
 
@@ -192,3 +192,29 @@ def test_acceptance_is_counted_from_verified_tokens(n_samples):
     assert 0 < stats.accepted_tokens <= stats.draft_tokens
     # identical samples: every draft after the first sample is right
     assert stats.accepted_tokens / stats.draft_tokens > 0.9
+
+
+def test_drafts_that_keep_failing_are_held_back():
+    cfg = DrafterConfig(k=4, short_len=0, long_len=0, min_share=0.0, explore_every=8)
+    drafter = HistoryDrafter(cfg)
+    prompt = [1, 2, 3]
+    drafted = []
+    for s in range(30):   # every sample opens alike, then says something of its own
+        before = drafter.stats.draft_tokens
+        engine = Engine(drafter)
+        engine.add(prompt, [10] + [1000 * (s + 1) + j for j in range(6)])
+        engine.run()
+        drafted.append(drafter.stats.draft_tokens - before)
+    assert drafter.stats.accepted_tokens == 0
+    assert sum(drafted[:5]) > 2 * sum(drafted[-5:])     # learned to stop drafting here
+    assert drafter.stats.gated > 0
+
+
+def test_acceptance_estimate_falls_back_on_the_engine_wide_one():
+    drafter = HistoryDrafter(DrafterConfig(prior_accept=0.8, prior_weight=4))
+    problem = drafter.problem_for(ids(1, 2, 3))
+    assert problem.acceptance.rate(3) == pytest.approx(0.8)
+    drafter.acceptance.record([3, 4], accepted=0)       # elsewhere: rejected at match 3
+    assert problem.acceptance.rate(3) < 0.8             # the prior moved
+    problem.acceptance.record([3] * 1, accepted=1)
+    assert problem.acceptance.rate(3) > drafter.acceptance.rate(3)

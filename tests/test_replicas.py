@@ -58,13 +58,25 @@ output: vote
 """
 
 
-@pytest.fixture
-def replicas(tmp_path):
-    folder = tmp_path / "served"
+def start_replicas(folder: Path) -> list[ServeProcess]:
     folder.mkdir()
     (folder / "replica.yaml").write_text(SERVED.format(delay=0.03))
-    servers = [ServeProcess(folder, tmp_path / f"replica{i}.log", max_running=64)
-               for i in range(2)]
+    return [ServeProcess(folder, folder / f"replica{i}.log", max_running=64) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    """Two replicas the tests share (no test kills these)."""
+    servers = start_replicas(tmp_path_factory.mktemp("replicas") / "served")
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def doomed_replicas(tmp_path):
+    """Two replicas of the test's own: it kills one."""
+    servers = start_replicas(tmp_path / "served")
     yield servers
     for server in servers:
         server.stop()
@@ -110,7 +122,8 @@ def test_calls_of_one_problem_stay_on_one_replica_while_it_is_healthy(replicas):
     assert per_problem == {pid: {url} for pid, url in expected.items()}
 
 
-def test_killed_replica_leaves_the_rotation_and_every_call_is_accounted(replicas):
+def test_killed_replica_leaves_the_rotation_and_every_call_is_accounted(doomed_replicas):
+    replicas = doomed_replicas
     victim = replicas[0]
     victim_url = f"{victim.base}/v1"
     killed_at: list[float] = []

@@ -36,7 +36,7 @@ def _model_dir(name: str) -> Path:
         return ensure_embedded_model()
     path = Path(name).expanduser()
     if not (path / "config.json").exists():
-        raise SystemExit(f"reasonloom steer: {path} is not a model folder (no config.json)")
+        raise ValueError(f"{path} is not a model folder (no config.json)")
     return path
 
 

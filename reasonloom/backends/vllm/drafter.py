@@ -52,6 +52,13 @@ class DrafterConfig:
     match_factor: float = 2.0     # a draft is at most this many times the matched length
     max_occurrences: int = 64     # most recent occurrences of an n-gram that vote
     max_problems: int = 64        # problems kept (least recently used evicted)
+    min_accept: float = 0.2       # draft a token only while its estimated chance of being
+    #                               accepted (cumulative along the draft) is at least this:
+    #                               what verifying one more token costs, relative to a step
+    prior_accept: float = 0.8     # acceptance assumed before anything is measured ...
+    prior_weight: float = 4.0     # ... worth this many observed draft tokens
+    explore_every: int = 16       # a gated-off draft still goes out once in this many, so
+    #                               the acceptance estimates keep learning
 
     def budget(self, expected_len: int) -> int:
         """The length-aware draft budget for a sample expected to write `expected_len`."""
@@ -62,11 +69,40 @@ class DrafterConfig:
         return self.k
 
 
+class AcceptanceModel:
+    """How often a drafted token is accepted, by the length of the match it continues (a
+    token drafted after a longer match is likelier right). Counts are the engine's verdicts;
+    a problem's model falls back on the engine-wide one (its `parent`) until it has data."""
+
+    def __init__(self, cfg: DrafterConfig, parent: "AcceptanceModel | None" = None):
+        self.cfg, self.parent = cfg, parent
+        self.drafted = [0] * (cfg.max_match + 1)
+        self.accepted = [0] * (cfg.max_match + 1)
+
+    def rate(self, match: int) -> float:
+        m = min(match, self.cfg.max_match)
+        prior = self.parent.rate(m) if self.parent is not None else self.cfg.prior_accept
+        w = self.cfg.prior_weight
+        return (self.accepted[m] + w * prior) / (self.drafted[m] + w)
+
+    def record(self, matches: Sequence[int], accepted: int) -> None:
+        """Tokens before `accepted` were accepted, the one at `accepted` rejected, the rest
+        never judged."""
+        for j, match in enumerate(matches[:accepted + 1]):
+            m = min(match, self.cfg.max_match)
+            self.drafted[m] += 1
+            self.accepted[m] += j < accepted
+        if self.parent is not None:
+            self.parent.record(matches, accepted)
+
+
 class ProblemHistory:
     """One problem's sources: its prompt and its samples, under one n-gram index."""
 
-    def __init__(self, prompt: list[int], cfg: DrafterConfig):
+    def __init__(self, prompt: list[int], cfg: DrafterConfig,
+                 acceptance: AcceptanceModel | None = None):
         self.cfg = cfg
+        self.acceptance = AcceptanceModel(cfg, acceptance)
         self.tail = prompt[-cfg.max_match:]          # prefixed to every sample's output
         self.seqs: dict[int, list[int]] = {}         # source id -> tokens
         self.index: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # gram -> (id, next pos)
@@ -133,15 +169,19 @@ class ProblemHistory:
         return max([own_len, *self.running.values()])
 
     # -- drafting ---------------------------------------------------------------------------
-    def draft(self, context_tail: list[int], budget: int) -> list[int]:
-        """Continue `context_tail` (the last max_match tokens of a row) from the sources."""
+    def draft(self, context_tail: list[int], budget: int, explore: bool = False
+              ) -> tuple[list[int], list[int], bool]:
+        """Continue `context_tail` (the last max_match tokens of a row) from the sources.
+        Returns the draft, per drafted token the length of the match it continues, and whether
+        the acceptance estimate held the draft back: a token goes out only while its cumulative
+        estimated acceptance stays >= min_accept (the first one regardless when `explore`)."""
         cfg = self.cfg
         n = cfg.min_match
         if budget <= 0 or len(context_tail) < n:
-            return []
+            return [], [], False
         found = self.index.get(tuple(context_tail[-n:]))
         if not found:
-            return []
+            return [], [], False
         best, matches = 0, []
         for sid, p in found[-cfg.max_occurrences:]:
             seq = self.seqs.get(sid)
@@ -157,15 +197,22 @@ class ProblemHistory:
                 matches.append((seq, p))
         budget = min(budget, int(cfg.match_factor * best))
         out: list[int] = []
+        lengths: list[int] = []
+        chance, held = 1.0, False
         while matches and len(out) < budget:
             votes = Counter(seq[p] for seq, p in matches)
             token, count = votes.most_common(1)[0]
             if count < cfg.min_share * len(matches):
                 break
+            chance *= self.acceptance.rate(best + len(out))
+            if chance < cfg.min_accept and not (explore and not out):
+                held = not out
+                break
             out.append(token)
+            lengths.append(best + len(out) - 1)
             matches = [(seq, p + 1) for seq, p in matches
                        if seq[p] == token and p + 1 < len(seq)]
-        return out
+        return out, lengths, held
 
 
 @dataclass
@@ -191,7 +238,9 @@ class DraftStats:
     drafts: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
-    pending: dict[int, int] = field(default_factory=dict)   # sid -> tokens drafted last step
+    gated: int = 0            # drafts held back by the acceptance estimate
+    # sample id -> (the problem, match lengths of what it drafted last step)
+    pending: dict[int, tuple[ProblemHistory, list[int]]] = field(default_factory=dict)
 
 
 class HistoryDrafter:
@@ -203,12 +252,14 @@ class HistoryDrafter:
         self.problems: OrderedDict[bytes, ProblemHistory] = OrderedDict()
         self.rows: dict[int, _Row] = {}
         self.stats = DraftStats()
+        self.acceptance = AcceptanceModel(self.cfg)   # engine-wide, every problem's prior
 
     def problem_for(self, prompt: np.ndarray) -> ProblemHistory:
         key = hashlib.blake2b(np.ascontiguousarray(prompt).tobytes(), digest_size=16).digest()
         problem = self.problems.get(key)
         if problem is None:
-            problem = self.problems[key] = ProblemHistory(prompt.tolist(), self.cfg)
+            problem = self.problems[key] = ProblemHistory(prompt.tolist(), self.cfg,
+                                                          self.acceptance)
             while len(self.problems) > self.cfg.max_problems:
                 self.problems.popitem(last=False)   # rows still running keep their object
         self.problems.move_to_end(key)
@@ -228,11 +279,16 @@ class HistoryDrafter:
                 continue
             self._advance(row, context)
             budget = self.cfg.budget(row.problem.expected_length(row.output))
-            draft = row.problem.draft(context[-self.cfg.max_match:].tolist(), budget)
+            tail = context[-self.cfg.max_match:].tolist()
+            draft, lengths, held = row.problem.draft(tail, budget)
+            if held:
+                self.stats.gated += 1
+                if self.stats.gated % self.cfg.explore_every == 0:
+                    draft, lengths, _ = row.problem.draft(tail, budget, explore=True)
             if draft:
                 self.stats.drafts += 1
                 self.stats.draft_tokens += len(draft)
-            self.stats.pending[row.sid] = len(draft)
+                self.stats.pending[row.sid] = (row.problem, lengths)
             drafts.append(draft)
         return drafts
 
@@ -279,9 +335,12 @@ class HistoryDrafter:
     def _advance(self, row: _Row, context: np.ndarray) -> None:
         n = len(context)
         if n > row.n:
-            drafted = self.stats.pending.pop(row.sid, 0)
-            if drafted:   # the engine verified `n - row.n` tokens: the accepted drafts + 1
-                self.stats.accepted_tokens += min(drafted, n - row.n - 1)
+            pending = self.stats.pending.pop(row.sid, None)
+            if pending:   # the engine verified `n - row.n` tokens: the accepted drafts + 1
+                problem, lengths = pending
+                accepted = min(len(lengths), n - row.n - 1)
+                self.stats.accepted_tokens += accepted
+                problem.acceptance.record(lengths, accepted)
             row.problem.extend_sample(row.sid, context[row.n:n].tolist())
             row.output += n - row.n
             row.n, row.last = n, int(context[-1])
