@@ -317,3 +317,10 @@ def test_final_tie_is_broken_by_scoring_only_the_tied_leaders():
     means = {a: sum(m.candidate.score for m in tied[:4] if a in m.candidate.text) / 2
              for a in ("4", "9")}
     assert vote(tied).answer == max(means, key=means.get)
+
+
+def test_a_group_larger_than_the_population_is_a_config_error():
+    with pytest.raises(ValueError, match="group_size 5 exceeds population 4"):
+        EvolveConfig(population=4, group_size=5)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        EvolveConfig(cut_points=(30.0, 10.0))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from reasonloom.backends.base import GenerateRequest
 from reasonloom.orchestrator.context import RunContext
@@ -80,6 +80,13 @@ class EvolveConfig(FrozenModel):
         if any(not 0 <= p <= 100 for p in v) or list(v) != sorted(v):
             raise ValueError(f"cut points must be non-decreasing percentiles in [0, 100], got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _groups_fit(self) -> "EvolveConfig":
+        if self.group_size > self.population:
+            raise ValueError(f"group_size {self.group_size} exceeds population "
+                             f"{self.population}: a group holds k DISTINCT candidates")
+        return self
 
 
 class LoopRecord(BaseModel):
