@@ -308,7 +308,7 @@ def main() -> None:
     problems = load_problems(count)
     t_start = time.monotonic()
     log = Path(tempfile.gettempdir()) / f"reasonloom-faults-server-{os.getpid()}.log"
-    with VLLMServer(log) as server:
+    with VLLMServer(log, start_timeout_s=1200) as server:
         print(f"server up after {time.monotonic() - t_start:.0f} s; {count} problems",
               flush=True)
         timeout = calibrate_timeout(server, args.client_timeout, problems[0])

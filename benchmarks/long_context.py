@@ -215,9 +215,12 @@ def main() -> None:
     results: dict = {}
     timings: dict = {}
     t0 = time.monotonic()
-    asyncio.run(phase(2048, ("single", "parallel", "sequential"), data, args.concurrency,
-                      results, timings))
-    asyncio.run(phase(8192, ("single8192",), data, args.concurrency, results, timings))
+    for window, arms in ((2048, ("single", "parallel", "sequential")), (8192, ("single8192",))):
+        try:
+            asyncio.run(phase(window, arms, data, args.concurrency, results, timings))
+        except Exception as exc:   # e.g. the engine killed for memory on a shared machine
+            timings[f"error_{window}"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            print(f"  the {window}-token phase stopped: {timings[f'error_{window}']}", flush=True)
     wall = time.monotonic() - t0
 
     from transformers import AutoTokenizer
@@ -226,7 +229,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(ensure_embedded_model()))
     doc_tokens = {length: round(mean(len(tokenizer.encode(i["context"])) for i in items))
                   for length, items in data.items()}
-    summary = {arm: {length: summarize(results[(arm, length)]) for length in data}
+    summary = {arm: {length: summarize(results.get((arm, length), [])) for length in data}
                for arm in ARMS}
     rows = []
     for length in data:
@@ -239,8 +242,8 @@ def main() -> None:
                          "-" if s["tokens"] is None else f"{s['tokens']:.0f}",
                          "-" if s["wall_s"] is None else f"{s['wall_s']:.1f}"))
     print()
-    print_table(rows, ("set", "doc tokens", "arm", "n", "acc", "any value", "workers", "tokens/item",
-                       "wall s/item"))
+    print_table(rows, ("set", "doc tokens", "arm", "n", "acc", "any value", "workers",
+                       "tokens/item", "wall s/item"))
     payload: dict = {"machine": machine(), "model": "SmolLM2-135M-Instruct (embedded)",
                      "window": 2048, "native_window": 8192, "items_per_length": n_items,
                      "concurrency": args.concurrency, "engine": ENGINE,
@@ -255,7 +258,7 @@ def main() -> None:
             payload[f"tokens_{arm}_{length}"] = s["tokens"]
             payload[f"wall_s_{arm}_{length}"] = s["wall_s"]
             payload[f"workers_{arm}_{length}"] = s["workers"]
-    payload["items"] = {f"{arm}_{length}": results[(arm, length)] for arm in ARMS
+    payload["items"] = {f"{arm}_{length}": results.get((arm, length), []) for arm in ARMS
                         for length in data}
     path = write_result("long_context", payload)
     png = RESULTS / "long_context.png"

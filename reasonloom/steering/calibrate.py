@@ -101,12 +101,15 @@ def capture_heads(model, rows: list[tuple[list[int], list[int]]], batch_size: in
 
     handles = [layer.self_attn.o_proj.register_forward_pre_hook(hook_for(i))
                for i, layer in enumerate(layers)]
-    out = []
+    # Positions after a row's last boundary cannot affect it (causal): cut them off; batch rows
+    # of similar length together so little of each batch is padding.
+    rows = [(ids[:max(pos, default=0) + 1], pos) for ids, pos in rows]
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r][0]))
+    per_row: dict[int, torch.Tensor] = {}
     try:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
-            # Positions after a row's last boundary cannot affect it (causal): cut them off.
-            batch = [(ids[:max(pos, default=0) + 1], pos) for ids, pos in batch]
+        for start in range(0, len(order), batch_size):
+            members = order[start:start + batch_size]
+            batch = [rows[r] for r in members]
             width = max(len(ids) for ids, _ in batch)
             # Right padding: causal attention keeps every real position blind to the pads.
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -121,10 +124,13 @@ def capture_heads(model, rows: list[tuple[list[int], list[int]]], batch_size: in
                 continue
             # The decoder stack only: the LM head (a fifth of the FLOPs here) is not needed.
             model.model(input_ids=input_ids, attention_mask=mask)
-            out.append(torch.stack([captured[i] for i in range(len(layers))], dim=1))
+            feats = torch.stack([captured[i] for i in range(len(layers))], dim=1)
+            for r, chunk in zip(members, feats.split([len(pos) for _, pos in batch])):
+                per_row[r] = chunk
     finally:
         for handle in handles:
             handle.remove()
+    out = [per_row[r] for r in range(len(rows)) if r in per_row]
     return torch.cat(out) if out else torch.empty(0)
 
 

@@ -35,7 +35,8 @@ from reasonloom.backends.errors import CapabilityMissing
 from reasonloom.orchestrator.context import RunContext
 from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.roles import Role
-from reasonloom.orchestrator.types import Answer, Candidate, Candidates, FrozenModel, Message, Problem
+from reasonloom.orchestrator.types import (Answer, Candidate, Candidates, FrozenModel, Message,
+                                           Problem)
 
 # Chat-template tokens per message (role markers, separators); the runtime's budget estimate
 # uses the same figure.
