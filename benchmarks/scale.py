@@ -134,10 +134,13 @@ def replicas_part(n_problems: int, tokens: int, logs: Path) -> dict:
         killed: dict = {}
 
         async def kill_b(calls, backend):
-            # a third of the calls done and some in flight on B: then B dies without warning
-            while (sum(c["ok"] for c in calls) < len(items) * 4 // 3
-                   or not backend.in_flight.get("replica1")):
+            # B dies without warning 40% into the run (the two-replica arm's wall time), while
+            # it has calls in flight: every call starts at once here, so B's run together
+            t0, wall = time.monotonic(), double["wall_s"]
+            while time.monotonic() - t0 < 0.8 * wall and not (
+                    time.monotonic() - t0 >= 0.4 * wall and backend.in_flight.get("replica1")):
                 await asyncio.sleep(0.01)
+            killed["after_s"] = round(time.monotonic() - t0, 1)
             killed["in_flight_on_b"] = backend.in_flight["replica1"]
             killed["calls_done"] = sum(c["ok"] for c in calls)
             os.killpg(servers[1].proc.pid, signal.SIGKILL)
