@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A step of a busy 2-core machine can exceed vLLM's 300 s RPC limit; that is not an error here.
+os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "1800")
 
 from benchmarks._common import data_dir, machine, print_table, write_result  # noqa: E402
 
@@ -57,6 +59,22 @@ def backend_for(args: dict[str, Any]):
     from reasonloom.backends.vllm.embedded import MODEL_NAME, ensure_embedded_model
 
     return VLLMBackend(str(ensure_embedded_model()), args, served_name=MODEL_NAME)
+
+
+async def start(backend, tries: int = 8) -> None:
+    """Start an engine; on a machine shared with other engines a start can fail for memory:
+    wait and try again."""
+    from reasonloom.backends.errors import EngineStartError
+
+    for attempt in range(tries):
+        try:
+            await backend.engine()
+            return
+        except EngineStartError as exc:
+            if attempt == tries - 1:
+                raise
+            print(f"  engine start failed ({exc}); retrying in 60 s", flush=True)
+            await asyncio.sleep(60)
 
 
 def stop(backend) -> None:
@@ -104,6 +122,7 @@ async def node_arm(backend, fn, inputs: dict, cfg, shaping: bool) -> dict[str, f
     """One node run on a cold prefix cache; wall time and what the ledger says."""
     from reasonloom.orchestrator.context import SHAPING, RunContext, RunState
 
+    await start(backend)
     engine = await backend.engine()
     await engine.reset_prefix_cache()
     state = RunState(run_id=f"accel-{shaping}", seed=0, roles=roles_on(backend), shaping=shaping)
@@ -232,8 +251,8 @@ async def drafting_bench(quick: bool) -> dict[str, Any]:
     for name in ("history", "ngram"):
         other = backend_for(engine_args(name))
         try:
-            await base.engine()
-            await other.engine()
+            await start(base)
+            await start(other)
             pair: dict[str, Any] = {}
             await drafting_pair(base, other, name, questions, jobs, pair)
             results[name], results[f"none_for_{name}"] = pair[name], pair["none"]
@@ -265,11 +284,13 @@ async def lossless_check() -> dict[str, Any]:
     f32 = {"dtype": "float32"}
     plain = backend_for(engine_args("none", **f32))
     try:
+        await start(plain)
         want = [await greedy(plain, p, f"plain{i}") for i, p in enumerate(prompts)]
     finally:
         stop(plain)
     drafting = backend_for(engine_args("history", **f32))
     try:
+        await start(drafting)
         before = spec_counters()
         # each prompt twice: the second sample drafts from the first
         got = [[await greedy(drafting, p, f"draft{i}.{k}") for k in range(2)]

