@@ -247,9 +247,9 @@ async def ray_bench_recipe(recipe, items: list[Item], grader: str, concurrency: 
                            launch: Launcher | None = None) -> dict[str, Any]:
     """`bench_recipe` over a Ray cluster: the same results.jsonl rows, appended by the driver as
     workers finish problems. Returns the wall seconds, the cluster's size and the workers used."""
+    cluster = connect(address)   # first: without Ray installed, it says how to get it
     import ray
 
-    cluster = connect(address)
     done = finished_ids(results_file)
     todo = [it for it in items if (recipe.name, str(it.id)) not in done]
     host = "127.0.0.1" if cluster["nodes"] == 1 else ray.util.get_node_ip_address()
