@@ -140,37 +140,56 @@ async def node_arm(backend, fn, inputs: dict, cfg, shaping: bool) -> dict[str, f
             "completion_tokens": total.completion_tokens}
 
 
+def long_problem(backend, min_tokens: int = 200) -> dict:
+    """The first MATH500 item whose statement has at least `min_tokens` tokens: shaping can
+    only save the shared prefix, so its gain grows with the problem's share of the prompt
+    (reported next to the speedup; full runs also time a short problem)."""
+    rows = read_jsonl("math500.jsonl")
+    return next(r for r in rows if backend.estimate_tokens(r["question"]) >= min_tokens)
+
+
+async def shaping_arms(name: str, backend, fn, inputs: dict, cfg, reps: int) -> dict[str, Any]:
+    """Shaping on vs off, interleaved (the order flips every repeat), cold cache each."""
+    runs: dict[bool, list[dict]] = {True: [], False: []}
+    for rep in range(reps):
+        for shaping in ((True, False) if rep % 2 == 0 else (False, True)):
+            runs[shaping].append(await node_arm(backend, fn, inputs, cfg, shaping))
+            print(f"  {name} shaping={'on' if shaping else 'off'} rep {rep}: "
+                  f"{runs[shaping][-1]}", flush=True)
+    on, off = (median(r["wall_s"] for r in runs[s]) for s in (True, False))
+    return {"on": runs[True], "off": runs[False], "speedup": off / on}
+
+
 async def shaping_bench(backend, quick: bool) -> dict[str, Any]:
+    from reasonloom.orchestrator.context import RunContext, RunState
     from reasonloom.orchestrator.types import Problem
     from reasonloom.strategies.evolve import EvolveConfig, evolve_node
     from reasonloom.strategies.sampling import SampleConfig, sample_candidates
     from reasonloom.strategies.tournament import TournamentConfig, v1_tournament
-    from reasonloom.orchestrator.context import RunContext, RunState
 
-    item = read_jsonl("math500.jsonl")[TOURNAMENT_ITEM]
-    problem = Problem.from_text(item["question"])
-    state = RunState(run_id="accel-candidates", seed=0, roles=roles_on(backend))
-    candidates = await sample_candidates(problem, SampleConfig(n=16, max_tokens=CANDIDATE_TOKENS),
-                                         RunContext(state, "candidates"))
+    await start(backend)
     tcfg = TournamentConfig(reasoning=False, max_tokens=8)      # B = 3N = 48
     ecfg = EvolveConfig(population=8, group_size=4, loops=2, cut_points=(50.0,),
                         max_tokens=EVOLVE_TOKENS)
-    evolve_item = read_jsonl("gsm8k.jsonl")[0]
-    arms = {"tournament": (v1_tournament, {"problem": problem, "candidates": candidates}, tcfg),
-            "evolve": (evolve_node, {"problem": Problem.from_text(evolve_item["question"])},
-                       ecfg)}
-    out: dict[str, Any] = {"problem_tokens": backend.estimate_tokens(item["question"]),
-                           "candidate_tokens_mean": sum(backend.estimate_tokens(c.text)
-                                                        for c in candidates) / len(candidates)}
-    for name, (fn, inputs, cfg) in arms.items():
-        runs: dict[bool, list[dict]] = {True: [], False: []}
-        for rep in range(2 if quick else 3):
-            for shaping in ((True, False) if rep % 2 == 0 else (False, True)):
-                runs[shaping].append(await node_arm(backend, fn, inputs, cfg, shaping))
-                print(f"  {name} shaping={'on' if shaping else 'off'} rep {rep}: "
-                      f"{runs[shaping][-1]}", flush=True)
-        on, off = (median(r["wall_s"] for r in runs[s]) for s in (True, False))
-        out[name] = {"on": runs[True], "off": runs[False], "speedup": off / on}
+    items = {"tournament": long_problem(backend)}
+    if not quick:
+        items["tournament_short"] = read_jsonl("math500.jsonl")[0]
+    out: dict[str, Any] = {}
+    for name, item in items.items():
+        problem = Problem.from_text(item["question"])
+        state = RunState(run_id="accel-candidates", seed=0, roles=roles_on(backend))
+        candidates = await sample_candidates(
+            problem, SampleConfig(n=16, max_tokens=CANDIDATE_TOKENS),
+            RunContext(state, "candidates"))
+        out[name] = await shaping_arms(name, backend, v1_tournament,
+                                       {"problem": problem, "candidates": candidates}, tcfg,
+                                       2 if quick else 3)
+        out[name].update(problem_tokens=backend.estimate_tokens(item["question"]),
+                         candidate_tokens_mean=sum(backend.estimate_tokens(c.text)
+                                                   for c in candidates) / len(candidates))
+    evolve_problem = Problem.from_text(read_jsonl("gsm8k.jsonl")[0]["question"])
+    out["evolve"] = await shaping_arms("evolve", backend, evolve_node,
+                                       {"problem": evolve_problem}, ecfg, 1 if quick else 3)
     return out
 
 
@@ -304,13 +323,10 @@ async def lossless_check() -> dict[str, Any]:
 
 # -- main -------------------------------------------------------------------------------------
 async def main(quick: bool) -> dict[str, Any]:
-    t0 = time.monotonic()
+    t0, load0 = time.monotonic(), os.getloadavg()
     print("== shaping (one engine, prefix cache reset before each arm)", flush=True)
-    shaper = backend_for(engine_args("none"))
-    try:
-        shaping = await shaping_bench(shaper, quick)
-    finally:
-        pass   # the same engine is the drafting benchmark's `none` arm
+    # the same engine is the drafting benchmark's `none` arm: it stays up
+    shaping = await shaping_bench(backend_for(engine_args("none")), quick)
     print("== drafting", flush=True)
     drafting = await drafting_bench(quick)
     print("== lossless (float32 greedy)", flush=True)
@@ -333,10 +349,10 @@ async def main(quick: bool) -> dict[str, Any]:
             "settings": {"quick": quick, "questions": N_QUESTIONS, "waves": WAVES,
                          "per_wave": PER_WAVE, "max_tokens": MAX_TOKENS, "engine": BASE,
                          "drafters": DRAFTERS},
-            "machine": machine(), "wall_s": time.monotonic() - t0}
+            "machine": machine(), "load_average": {"start": load0, "end": os.getloadavg()},
+            "wall_s": time.monotonic() - t0}
 
 
-TOURNAMENT_ITEM = 0
 CANDIDATE_TOKENS = 96
 EVOLVE_TOKENS = 128
 N_QUESTIONS, WAVES, PER_WAVE, MAX_TOKENS = 4, 4, 4, 384

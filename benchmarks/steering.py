@@ -2,13 +2,14 @@
 
 Vectors are calibrated on the embedded model from GENERATED arithmetic traces (synthetic
 labels: steering/traces.py), then MAWPS MultiArith problems are answered by two engines of the
-SAME steered class, one after the other (never both alive): lambda = the manifest's default
-(gate step_and_probe) and lambda = 0 (the baseline: same hooks, same work, no change). Both run
-float32, eager, the same batch of greedy requests.
+SAME steered class: lambda = the manifest's default (gate step_and_probe) and lambda = 0 (the
+baseline: same hooks, same work, no change). Both run float32, eager, the same batch of greedy
+requests; both engines are alive together (two, the most allowed here) so the timed passes can
+alternate between them.
 
-- decode_ratio: decode tokens/s steered / baseline, from a fixed-length pass (ignore_eos, the
-  same max_tokens for every request, so both engines do identical work); best of `reps` passes
-  each, because other processes share this machine's 2 cores.
+- decode_ratio: decode tokens/s steered / baseline from fixed-length passes (ignore_eos, the
+  same max_tokens for every request, so both engines do identical work), run A, B, A, B ...:
+  the median of the per-pair ratios, because other processes share this machine's 2 cores.
 - tokens_ratio, acc_*: from a natural pass (stop at EOS, max_tokens 256).
 - gated_tokens: decode tokens whose step gate fired in the steered engine's natural pass
   (counted in the worker, read from the stats file named in its config); head_steers: how many
@@ -24,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -50,72 +52,78 @@ def load_problems(count: int, seed: int) -> list[dict]:
 
 
 async def generate_all(backend, prompts: list[list[int]], max_tokens: int, ignore_eos: bool
-                       ) -> tuple[list[list[int]], list[str], float, float]:
-    """All prompts at once, greedy. Returns token ids, texts, the time when every request had
-    its first token, and the end time (decode rate = tokens after the first / that window)."""
+                       ) -> tuple[list[list[int]], list[str], float]:
+    """All prompts at once, greedy. Returns token ids, texts and the DECODE rate: tokens made
+    after every request had its first one (prefill is over by then), per second of that
+    window."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     engine = await backend.engine()
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=ignore_eos,
                             output_kind=RequestOutputKind.CUMULATIVE)
-    first: list[float] = []
+    events: list[list[tuple[float, int]]] = []
 
     async def one(ids: list[int]):
-        final, seen_first = None, False
+        final, seen = None, []
+        events.append(seen)
         async for out in engine.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex):
-            if not seen_first and out.outputs[0].token_ids:
-                first.append(time.perf_counter())
-                seen_first = True
+            seen.append((time.perf_counter(), len(out.outputs[0].token_ids)))
             final = out
         return list(final.outputs[0].token_ids), final.outputs[0].text
 
     results = await asyncio.gather(*(one(ids) for ids in prompts))
     end = time.perf_counter()
-    return [r[0] for r in results], [r[1] for r in results], max(first), end
+    start = max(next(t for t, n in seen if n) for seen in events)
+    at_start = sum(max((n for t, n in seen if t <= start), default=0) for seen in events)
+    total = sum(len(ids) for ids, _ in results)
+    return [r[0] for r in results], [r[1] for r in results], (total - at_start) / (end - start)
 
 
 def read_stats(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-async def run_arm(name: str, model: str, steering: dict, problems: list[dict], reps: int,
-                  fixed_tokens: int) -> dict:
+async def run_arms(model: str, arms: dict[str, dict], problems: list[dict], reps: int,
+                   fixed_tokens: int) -> dict[str, dict]:
+    """Both engines alive at once (two engines: the most this machine's tests allow); the
+    natural passes run one engine after the other, the timed passes alternate A, B, A, B, so
+    load from other processes falls on both arms alike."""
     from reasonloom.backends.vllm.backend import VLLMBackend
     from reasonloom.backends.vllm.engine import shutdown_engines
     from reasonloom.orchestrator.types import Message
     from reasonloom.verifiers.answers import answers_equal, extract_answer
 
-    backend = VLLMBackend(model, {**ENGINE, "reasonloom_steering": steering})
-    stats_file = Path(steering["stats_file"])
-    t0 = time.perf_counter()
-    await backend.engine()
-    start_s = time.perf_counter() - t0
-    prompts = [backend.render((Message(role="user",
-                                       content=PROMPT.format(question=p["question"])),))
-               for p in problems]
+    backends = {name: VLLMBackend(model, {**ENGINE, "reasonloom_steering": steering})
+                for name, steering in arms.items()}
+    out: dict[str, dict] = {}
     try:
-        ids, texts, _, _ = await generate_all(backend, prompts, 256, ignore_eos=False)
-        natural = read_stats(stats_file)
-        correct = [answers_equal(extract_answer(t), str(p["answer"]))
-                   for t, p in zip(texts, problems)]
-        rates = []
+        for name, backend in backends.items():
+            t0 = time.perf_counter()
+            await backend.engine()
+            out[name] = {"arm": name, "engine_start_s": round(time.perf_counter() - t0, 1)}
+        any_backend = next(iter(backends.values()))
+        prompts = [any_backend.render((Message(role="user", content=PROMPT.format(
+            question=p["question"])),)) for p in problems]
+        for name, backend in backends.items():
+            ids, texts, _ = await generate_all(backend, prompts, 256, ignore_eos=False)
+            natural = read_stats(Path(arms[name]["stats_file"]))
+            correct = [answers_equal(extract_answer(t), str(p["answer"]))
+                       for t, p in zip(texts, problems)]
+            out[name].update(
+                mean_tokens=round(sum(len(i) for i in ids) / len(ids), 1),
+                accuracy=round(sum(correct) / len(correct), 4),
+                gated_tokens=natural.get("gated_tokens", 0),
+                head_steers=natural.get("head_steers", 0),
+                decode_tokens=natural.get("decode_tokens", 0),
+                worker_pid=natural.get("pid"), texts=texts, rates=[])
         for _ in range(reps):
-            fixed, _, t_first, t_end = await generate_all(backend, prompts, fixed_tokens,
-                                                          ignore_eos=True)
-            # Decode only: the tokens after each request's first, in the window after the
-            # last request got its first token (prefill is over by then).
-            rates.append(sum(len(f) - 1 for f in fixed) / (t_end - t_first))
+            for name, backend in backends.items():
+                _, _, rate = await generate_all(backend, prompts, fixed_tokens, ignore_eos=True)
+                out[name]["rates"].append(round(rate, 2))
     finally:
         shutdown_engines()
-    return {"arm": name, "engine_start_s": round(start_s, 1),
-            "decode_tok_s": round(max(rates), 2), "decode_tok_s_all": [round(r, 2) for r in rates],
-            "mean_tokens": round(sum(len(i) for i in ids) / len(ids), 1),
-            "accuracy": round(sum(correct) / len(correct), 4),
-            "gated_tokens": natural.get("gated_tokens", 0),
-            "head_steers": natural.get("head_steers", 0),
-            "decode_tokens": natural.get("decode_tokens", 0),
-            "worker_pid": natural.get("pid"), "texts": texts}
+    return out
 
 
 def main() -> int:
@@ -126,33 +134,49 @@ def main() -> int:
     parser.add_argument("--strength", type=float, default=None, help="lambda (default: manifest)")
     parser.add_argument("--gate", default="step_and_probe", choices=("step_and_probe", "step"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default=None,
+                        help="work folder: reuses the vectors and finished arms found there "
+                             "(a run cut short, e.g. by another process's memory use, resumes)")
     args = parser.parse_args()
     n_problems = args.problems or (20 if args.quick else 30)
     n_traces = args.traces or (400 if args.quick else 800)
-    reps = 2 if args.quick else 3
-    fixed_tokens = 96 if args.quick else 128
+    reps = 3 if args.quick else 5
+    fixed_tokens = 64 if args.quick else 128
 
     from reasonloom.backends.vllm.embedded import ensure_embedded_model
     from reasonloom.steering.calibrate import CalibrationConfig, calibrate
     from reasonloom.steering.traces import arithmetic_traces
+    from reasonloom.steering.vectors import read_manifest
 
     model = str(ensure_embedded_model())
     problems = load_problems(n_problems, args.seed)
-    work = Path(tempfile.mkdtemp(prefix="reasonloom-steering-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="reasonloom-steering-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder: {work}", flush=True)
     t0 = time.perf_counter()
-    manifest = calibrate(model, arithmetic_traces(n_traces, seed=args.seed), work / "vectors",
-                         CalibrationConfig(seed=args.seed))
+    if (work / "vectors" / "manifest.json").exists():
+        manifest = read_manifest(work / "vectors")
+    else:
+        manifest = calibrate(model, arithmetic_traces(n_traces, seed=args.seed), work / "vectors",
+                             CalibrationConfig(seed=args.seed))
     calibrate_s = time.perf_counter() - t0
     strength = manifest.default_strength if args.strength is None else args.strength
-    arms = []
-    for name, lam in (("steered", strength), ("baseline", 0.0)):
-        steering = {"vectors": str(work / "vectors"), "strength": lam, "gate": args.gate,
-                    "stats_file": str(work / f"{name}.stats.json")}
-        arms.append(asyncio.run(run_arm(name, model, steering, problems, reps, fixed_tokens)))
-    steered, baseline = arms
+    arms = {name: {"vectors": str(work / "vectors"), "strength": lam, "gate": args.gate,
+                   "stats_file": str(work / f"{name}.stats.json")}
+            for name, lam in (("steered", strength), ("baseline", 0.0))}
+    load_before = os.getloadavg()[0]
+    measured = asyncio.run(run_arms(model, arms, problems, reps, fixed_tokens))
+    load_after = os.getloadavg()[0]
+    steered, baseline = measured["steered"], measured["baseline"]
+    # One ratio per alternating pair, then the median: robust to a load spike in one pass.
+    pair_ratios = sorted(a / b for a, b in zip(steered["rates"], baseline["rates"]))
+    decode_ratio = statistics.median(pair_ratios)
+    for arm in (steered, baseline):
+        arm["decode_tok_s"] = max(arm["rates"])
     changed = sum(a != b for a, b in zip(steered["texts"], baseline["texts"]))
     result = {
-        "decode_ratio": round(steered["decode_tok_s"] / baseline["decode_tok_s"], 4),
+        "decode_ratio": round(decode_ratio, 4),
+        "decode_pair_ratios": [round(r, 4) for r in pair_ratios],
         "tokens_ratio": round(steered["mean_tokens"] / baseline["mean_tokens"], 4),
         "acc_steered": steered["accuracy"], "acc_unsteered": baseline["accuracy"],
         "gated_tokens": steered["gated_tokens"], "head_steers": steered["head_steers"],
@@ -163,14 +187,15 @@ def main() -> int:
         "heads_kept": len(manifest.heads), "strength": strength, "gate": args.gate,
         "problems": n_problems, "traces": n_traces, "calibrate_s": round(calibrate_s, 1),
         "fixed_tokens": fixed_tokens, "reps": reps,
-        "arms": [{k: v for k, v in a.items() if k != "texts"} for a in arms],
+        "arms": [{k: v for k, v in a.items() if k != "texts"} for a in (steered, baseline)],
         "machine": machine(), "quick": args.quick,
+        "load_average_1min": [round(load_before, 1), round(load_after, 1)],
         "note": ("probe labels are synthetic (generated traces with planted slips); the "
                  "embedded 135M model is weak, so token and accuracy changes say nothing about "
                  "CREST's quality claims, only that the steered path runs and what it costs"),
     }
     print_table([(a["arm"], a["decode_tok_s"], a["mean_tokens"], a["accuracy"],
-                  a["gated_tokens"], a["head_steers"]) for a in arms],
+                  a["gated_tokens"], a["head_steers"]) for a in (steered, baseline)],
                 ("arm", "decode tok/s", "mean tokens", "accuracy", "gated tokens", "head steers"))
     print(json.dumps({k: result[k] for k in ("decode_ratio", "tokens_ratio", "acc_steered",
                                              "acc_unsteered", "gated_tokens", "probe_acc",
