@@ -17,7 +17,7 @@ from reasonloom.orchestrator.result import RunFailed
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec
 from reasonloom.orchestrator.scheduler import run
 from reasonloom.strategies.moa import AGGREGATE_INSTRUCTION, MoAConfig, RESPONSE_LABEL
-from reasonloom.strategies.moa_staircase import Snapshot, reprompt_due
+from reasonloom.strategies.moa_staircase import ProposalBoard, Snapshot, reprompt_due
 
 MARK = AGGREGATE_INSTRUCTION[:40]
 
@@ -164,6 +164,16 @@ def test_reprompt_is_due_after_a_chunk_of_growth_or_a_finished_proposer():
     assert not reprompt_due(old, Snapshot(("a", "b"), (35, 30), (False, False)), 16)
     assert reprompt_due(old, Snapshot(("a", "b"), (36, 20), (False, False)), 16)
     assert reprompt_due(old, Snapshot(("a", "b"), (20, 21), (False, True)), 16)
+
+
+def test_the_board_counts_the_engines_tokens_and_recounts_text_when_a_piece_lacks_them():
+    board = ProposalBoard(2, lambda text: len(text.split()))
+    board.extend(0, "unfini", tokens=2)        # half a word: re-tokenizing would count 1
+    board.extend(0, "shed word", tokens=2)
+    board.extend(1, "one two", tokens=2)
+    board.extend(1, " three")                   # a backend without counts: recount the text
+    board.extend(1, " four", tokens=1)
+    assert board.snapshot().tokens == (4, 4)
 
 
 # -- vanilla ------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class Delta(BaseModel):
 
     index: int = 0
     text: str = ""
+    tokens: int | None = None      # generated tokens this piece adds, where the backend knows
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

@@ -284,7 +284,10 @@ class RunContext:
                             yielded = text
                             if answer:
                                 self.stream_answer(fresh)
-                            yield Delta(index=delta.index, text=fresh)
+                            # A retry's first delta may overlap what was shown: its token
+                            # count no longer matches the fresh text, so it is not passed on.
+                            yield Delta(index=delta.index, text=fresh,
+                                        tokens=delta.tokens if fresh == delta.text else None)
                 except BackendError as exc:
                     wasted = role.backend.estimate_tokens(text) if text else 0
                     if not self._retry_or_raise(role, call_key, attempt, t0, exc, req.seed,

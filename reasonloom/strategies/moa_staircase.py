@@ -98,14 +98,21 @@ class ProposalBoard:
         self._texts = [""] * n
         self._tokens = [0] * n
         self._done = [False] * n
+        self._exact = [True] * n       # every piece so far came with its token count
         self._count = count_tokens
         self._changed = asyncio.Event()
         self.error: BaseException | None = None
 
-    def extend(self, i: int, text: str) -> None:
+    def extend(self, i: int, text: str, tokens: int | None = None) -> None:
+        """Add a streamed piece; `tokens` is the engine's count of what it generated for it.
+        Without that count the whole text is re-tokenized, which can count fewer tokens than
+        were generated (a word split over two deltas) and so starts the aggregator late."""
         self._texts[i] += text
-        # Counted on the whole text, not per delta: a delta may hold several tokens or none.
-        self._tokens[i] = self._count(self._texts[i])
+        if tokens is not None and self._exact[i]:
+            self._tokens[i] += tokens
+        else:
+            self._exact[i] = False
+            self._tokens[i] = self._count(self._texts[i])
         self._changed.set()
 
     def finish(self, i: int) -> None:
@@ -138,7 +145,7 @@ async def stream_proposal(ctx: RunContext, board: ProposalBoard, i: int, role: R
         async for delta in ctx.stream(role, req, call_key):
             if delta.text:
                 text += delta.text
-                board.extend(i, delta.text)
+                board.extend(i, delta.text, delta.tokens)
             if delta.prompt_tokens is not None:   # the final delta carries the usage
                 usage.prompt_tokens = delta.prompt_tokens
                 usage.completion_tokens = delta.completion_tokens or 0

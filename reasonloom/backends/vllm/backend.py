@@ -154,6 +154,7 @@ class VLLMBackend(Backend):
         prompt_ids = self.render(req.messages, req.assistant_prefix)
         params = self._params(req, self._check_fits(prompt_ids, req.max_tokens), "stream")
         tokens: dict[int, int] = {}
+        unsent: dict[int, int] = {}   # tokens whose text is still incomplete (a split character)
         finish: dict[int, str | None] = {}
         cached = None
         # With n > 1 each streamed output carries only the samples that advanced: key by index.
@@ -161,10 +162,11 @@ class VLLMBackend(Backend):
             cached = out.num_cached_tokens
             for comp in out.outputs:
                 tokens[comp.index] = tokens.get(comp.index, 0) + len(comp.token_ids)
+                unsent[comp.index] = unsent.get(comp.index, 0) + len(comp.token_ids)
                 if comp.finish_reason:
                     finish[comp.index] = comp.finish_reason
                 if comp.text:
-                    yield Delta(index=comp.index, text=comp.text)
+                    yield Delta(index=comp.index, text=comp.text, tokens=unsent.pop(comp.index))
         yield Delta(index=0, finish_reason=finish.get(0), prompt_tokens=len(prompt_ids),
                     completion_tokens=sum(tokens.values()), cached_prompt_tokens=cached)
 
