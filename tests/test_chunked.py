@@ -20,9 +20,10 @@ from reasonloom.orchestrator.result import RunFailed
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec
 from reasonloom.orchestrator.scheduler import run
 from reasonloom.orchestrator.types import Problem
-from reasonloom.strategies.chunked import (FALLBACK_MARGIN, MANAGER_SYSTEM, ChunkedConfig,
-                                           DocumentTooLong, check_reading, cut_document,
-                                           plan_reading, split_tokens)
+from reasonloom.strategies.chunked import (FALLBACK_MARGIN, ChunkedConfig, DocumentTooLong,
+                                           check_reading, cut_document, plan_reading,
+                                           split_tokens)
+from reasonloom.strategies.chunked_prompts import MANAGER_SYSTEM, ground_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +164,7 @@ def test_parallel_workers_report_their_chunk_and_the_manager_sees_only_found_rep
     found = answer.details["found"]
     assert found[-1] and not any(found[:-1])
     assert answer.candidates[-1].details["found"] and "7391" in answer.candidates[-1].text
-    assert len(seen) == 1 and "not found" not in seen[0] and seen[0].count("#") == 1
+    assert len(seen) == 1 and "not found" not in seen[0] and seen[0].count("[part ") == 1
     by_model = result.usage.by_model
     assert by_model["cheap"].calls == answer.details["workers"] and by_model["strong"].calls == 1
 
@@ -179,7 +180,11 @@ def test_sequential_workers_pass_their_notes_forward_and_the_manager_reads_the_l
         notes = re.search(r"Notes from the parts before:\n(.*?)\n\nPart", user, re.S).group(1)
         part = user.split("Part ", 1)[1]
         found = re.search(r"secret code is (\d+)", part)
-        return f"the secret code is {found.group(1)}" if found else f"{notes} +1"
+        if found:
+            return f"the secret code is {found.group(1)}"
+        # carry the notes and quote this part's last line label (grounded in notes + part)
+        label = re.findall(r"[a-z]{4,}", part.split("\n\nQuestion:")[0])[-1]
+        return f"{notes}; {label}"
 
     backend = ScriptedBackend(reader)
     result = asyncio.run(run(_graph(mode="sequential", chunk_tokens=120, overlap_tokens=0),
@@ -188,8 +193,85 @@ def test_sequential_workers_pass_their_notes_forward_and_the_manager_reads_the_l
     assert workers >= 3 and len(prompts) == workers + 1
     assert "(none: this is the first part)" in prompts[0]
     assert "the secret code is 7391" in prompts[1]             # worker 2 got worker 1's notes
-    assert prompts[-1].count("+1") == workers - 1 and "Reports:" not in prompts[-1]
+    assert prompts[-1].count("; ") == workers - 1 and "Evidence copied" not in prompts[-1]
     assert result.answer.answer == "The code is 7391."
+
+
+def test_sequential_notes_survive_not_found_and_made_up_reports():
+    """CoA's weak spot: a later worker that finds nothing, or invents, must not erase the notes."""
+    calls = []
+
+    def reader(req, index):
+        user = req.messages[-1].content
+        calls.append(user)
+        if req.messages[0].content == MANAGER_SYSTEM:
+            return _reader(req, index)
+        part = user.split("Part ", 1)[1]
+        found = re.search(r"secret code is (\d+)", part)
+        if found:
+            return f"the secret code is {found.group(1)}"
+        return "NOT FOUND" if len(calls) % 2 else "the secret code is 1234"   # 1234 is nowhere
+
+    backend = ScriptedBackend(reader)
+    result = asyncio.run(run(_graph(mode="sequential", chunk_tokens=120, overlap_tokens=0),
+                             _problem(_document(40, 2)), _roles(backend)))
+    verdicts = [c.details["verdict"] for c in result.answer.candidates]
+    assert verdicts[0] == "quoted" and "not in its part: 1234" in verdicts
+    assert result.answer.answer == "The code is 7391."
+
+
+def test_parallel_manager_sees_no_invented_or_echoed_reports_and_gets_the_exact_identifier():
+    """Weak workers (seen: SmolLM2-135M) never say "not found": they echo the question's key or
+    invent an identifier of the right shape. Only the quote of the needle's part reaches the
+    manager, and the manager's garbled copy of it is repaired to the document's exact text."""
+    code = "7f3a9c2e-55b1-4d0e-9a8f-1c2d3e4f5a6b"
+    seen: list[str] = []
+
+    def reader(req, index):
+        user = req.messages[-1].content
+        if req.messages[0].content == MANAGER_SYSTEM:
+            seen.append(user)
+            return "The value is 7f3a9c2e-55b1-4d0e-9a8f-1c2d3e4fffff."   # tail miscopied
+        part = user.split("Part ", 1)[1]
+        if code in part:
+            return f"The value is {code}."
+        return ("The value of key-0042 is: key-0042" if "Line 1:" in part
+                else "The value is 00000000-55b1-4d0e-9a8f-000000000000.")
+
+    doc = _document(40, 30, code=code)
+    problem = Problem.from_text("What is the value of key-0042?", context=doc)
+    result = asyncio.run(run(_graph(chunk_tokens=120, overlap_tokens=30), problem,
+                             _roles(ScriptedBackend(reader))))
+    details = result.answer.details
+    assert sum(details["found"]) >= 1 and not all(details["found"])
+    assert len(seen) == 1 and seen[0].count("[part ") == sum(details["found"])
+    assert "00000000" not in seen[0] and code in seen[0]
+    assert code in result.answer.text and details["manager_text"] != result.answer.text
+    verdicts = {c.details["verdict"] for c in result.answer.candidates}
+    assert "repeats the question" in verdicts and any(v.startswith("not in its part") for v in
+                                                       verdicts)
+
+
+@pytest.mark.parametrize("report,grounded,reason", [
+    ("NOT FOUND", False, "not found"),
+    ("The director is key-0042.", False, "repeats the question"),
+    ("The value associated with the key is key-0042", False, "quotes nothing of its part"),
+    ("The code is 4821.", False, "not in its part: 4821"),
+    ("Its first director was Ana Ruiz.", True, "quoted"),
+    ("The museum opened in 1932.", True, "quoted"),
+])
+def test_a_report_is_evidence_only_if_it_quotes_its_part(report, grounded, reason):
+    part = "The museum opened in 1932. Its first director was Ana Ruiz. Code 7391."
+    verdict = ground_report(report, [part], "Who was the first director? (key-0042)")
+    assert verdict.grounded is grounded and verdict.reason == reason
+
+
+def test_a_long_identifier_copied_with_a_wrong_tail_is_repaired_to_the_part():
+    part = '{"k1": "0fb435ae-7ba8-4da6-af19-ec281ea9860d", "k2": "2ba9e0f6-0cf5-4a21-aecc-b67a96ffb18a"}'
+    verdict = ground_report("It is 0fb435ae-7ba8-4da6-aecc-b67a96ffb18a.", [part], "Key k1?")
+    assert verdict.grounded and "0fb435ae-7ba8-4da6-af19-ec281ea9860d" in verdict.text
+    # a short number is never "repaired" into another one
+    assert not ground_report("It is 7392.", ["Code 7391."], "Which code?").grounded
 
 
 # -- refusing what the run cannot afford ----------------------------------------------------------

@@ -7,7 +7,10 @@
   the notes of worker i-1 and writes new notes; the manager answers from the last notes.
 
 The document is cut by TOKENS with a true overlap, and every token lands in a chunk (the
-reference code cuts by characters and never reads the last ~(n-1)*2048 characters).
+reference code cuts by characters and never reads the last ~(n-1)*2048 characters). Workers
+copy the words that answer the question or say NOT FOUND; a report that quotes nothing of its
+part is not evidence and is not shown to the manager, nor written into the notes
+(chunked_prompts.py says why a weak model needs this).
 
 Example (a scripted backend cannot tokenize, so 3-character units stand in for tokens):
     >>> import asyncio
@@ -37,6 +40,9 @@ from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.roles import Role
 from reasonloom.orchestrator.types import (Answer, Candidate, Candidates, FrozenModel, Message,
                                            Problem)
+from reasonloom.strategies.chunked_prompts import (Evidence, ground_report, manager_messages,
+                                                   repair_words, says_not_found, words,
+                                                   worker_messages)
 
 # Chat-template tokens per message (role markers, separators); the runtime's budget estimate
 # uses the same figure.
@@ -58,21 +64,35 @@ class ChunkedConfig(FrozenModel):
     worker_role: str = "strongest"
     manager_role: str = "strongest"
     # Tokens of document per worker; None = the worker's context length - prompt - output.
+    # Smaller chunks give a weak worker less to be distracted by (2506.16411's "model noise"
+    # grows with the chunk), at the price of more workers and calls.
     chunk_tokens: int | None = Field(None, ge=1)
-    # Tokens shared by consecutive chunks, so a fact cut at a boundary is whole in one chunk.
+    # Tokens shared by consecutive chunks, so a fact cut at a boundary is whole in one chunk:
+    # keep it at least as long as the longest fact (sentence, record) the question may need.
     # The reference uses 2048 characters (~500 tokens) with 4k-token workers; 128 keeps more
     # of a 2k window for new text. Chain-of-Agents uses none (its notes carry the context).
     overlap_tokens: int = Field(128, ge=0)
     max_workers: int = Field(64, ge=1)          # refuse longer documents before any call
     context_length: int | None = Field(None, ge=64)  # override the worker backend's window
-    worker_max_tokens: int = Field(128, ge=1)   # the reference allows 2048; reports are short
+    # Enough for a quoted sentence or a 36-character identifier (~33 SmolLM2 tokens) plus a
+    # lead-in; the reference allows 2048 for reasoning reports.
+    worker_max_tokens: int = Field(128, ge=1)
     manager_max_tokens: int = Field(128, ge=1)  # the reference's manager limit for QA/KV
-    temperature: float = Field(0.0, ge=0)       # the reference decodes greedily
-    worker_instruction: str | None = None       # task-specific; None = generic, "" = none
+    temperature: float = Field(0.0, ge=0)       # greedy, as the reference: extraction, not ideas
+    worker_stop: tuple[str, ...] = ()           # e.g. ("\n",) when a report is one line
+    worker_instruction: str | None = None       # task-specific, after the question; None = none
     manager_instruction: str | None = None
-    # Hide "not found" reports from the manager (unless every worker said so): a weak manager
-    # is distracted by them (the paper's "aggregator noise"); the reference shows them all.
+    # Hide "not found" (and, with verify_evidence, unverified) reports from the manager unless
+    # no report is left: a weak manager is distracted by them (the paper's "aggregator
+    # noise"); the reference shows them all.
     drop_not_found: bool = True
+    # A report counts as evidence only if it quotes its part (chunked_prompts.ground_report):
+    # something the question did not say, every number or code found in the part, near-verbatim
+    # copies of long words repaired to the part's exact words; the manager's answer is repaired
+    # against the evidence it was shown. In sequential mode an unverified report leaves the
+    # notes as they were. Turn off for tasks whose reports compute rather than quote (counts,
+    # sums, summaries).
+    verify_evidence: bool = True
     stream_answer: bool = False                 # stream the manager's answer to the caller
 
     @model_validator(mode="after")
@@ -142,60 +162,6 @@ async def cut_document(backend: Backend, text: str, chunk: int, overlap: int) ->
                            texts=["".join(units[s:e]) for s, e in spans])
 
 
-# -- prompts: shared content first (instruction, question), then what differs ---------------
-WORKER_SYSTEM = {
-    "parallel": "You read one part of a long document; other readers read the other parts. "
-                "Use only your part.",
-    "sequential": "You read a long document one part at a time and pass notes to the reader "
-                  "of the next part. Use only the notes and your part.",
-}
-WORKER_INSTRUCTION = {
-    "parallel": "If this part does not contain what the question asks for, reply exactly: "
-                "not found. Otherwise quote the words of this part that answer the question, "
-                "then give the answer.",
-    # Worded so that even SmolLM2-135M carries a found fact forward (a longer "keep and add"
-    # instruction made it echo the prompt's headers instead).
-    "sequential": "Update the notes: if this part or the notes answer the question, write the "
-                  "answer in one sentence; otherwise write: not found.",
-}
-MANAGER_SYSTEM = ("Readers each read one consecutive part of a long document; most parts do "
-                  "not contain the answer. Answer the question from their reports.")
-MANAGER_INSTRUCTION = "Answer the question briefly, in a few words."
-_NOT_FOUND = re.compile(r"^\W*(not found|n/?a|none|no answer)\b", re.IGNORECASE)
-
-
-def _pick(instruction: str | None, default: str) -> str:
-    """None = the default instruction; "" = none (the prompt ends with the question)."""
-    return default if instruction is None else instruction
-
-
-def says_not_found(report: str) -> bool:
-    return not report.strip() or bool(_NOT_FOUND.match(report.strip()))
-
-
-def worker_messages(question: str, part: str, index: int, total: int, cfg: ChunkedConfig,
-                    notes: str | None = None) -> tuple[Message, ...]:
-    instruction = _pick(cfg.worker_instruction, WORKER_INSTRUCTION[cfg.mode])
-    memory = ""
-    if cfg.mode == "sequential":
-        memory = f"Notes from the parts before:\n{notes or '(none: this is the first part)'}\n\n"
-    body = (f"Question: {question}\n\n{memory}Part {index + 1} of {total}:\n{part}\n\n"
-            f"Question: {question}\n{instruction}").rstrip()
-    return (Message(role="system", content=WORKER_SYSTEM[cfg.mode]),
-            Message(role="user", content=body))
-
-
-def manager_messages(question: str, reports: Sequence[str], cfg: ChunkedConfig
-                     ) -> tuple[Message, ...]:
-    if cfg.mode == "sequential":
-        shown = f"Notes after reading the whole document:\n{reports[-1] if reports else ''}"
-    else:
-        shown = "Reports:\n" + "\n".join(f"#{i + 1}: {r.strip()}" for i, r in enumerate(reports))
-    body = (f"Question: {question}\n\n{shown}\n\nQuestion: {question}\n"
-            f"{_pick(cfg.manager_instruction, MANAGER_INSTRUCTION)}").rstrip()
-    return (Message(role="system", content=MANAGER_SYSTEM), Message(role="user", content=body))
-
-
 def prompt_tokens(backend: Backend, messages: Sequence[Message]) -> int:
     return sum(backend.estimate_tokens(m.content) + MESSAGE_OVERHEAD for m in messages)
 
@@ -204,7 +170,7 @@ def prompt_tokens(backend: Backend, messages: Sequence[Message]) -> int:
 def plan_reading(question: str, worker: Role, cfg: ChunkedConfig, where: str
                  ) -> tuple[int, int, int]:
     """(chunk tokens, overlap, worker prompt tokens without the chunk) for this worker role."""
-    empty = worker_messages(question, "", 0, 1, cfg)
+    empty = worker_messages(question, "", 0, 1, cfg.mode, cfg.worker_instruction)
     # Chain-of-Agents prompts also carry the previous notes: at most one worker output.
     base = prompt_tokens(worker.backend, empty) + (cfg.worker_max_tokens
                                                    if cfg.mode == "sequential" else 0)
@@ -226,6 +192,20 @@ def plan_reading(question: str, worker: Role, cfg: ChunkedConfig, where: str
     return chunk, cfg.overlap_tokens, base
 
 
+# Tokens of one evidence line besides the report itself ("[part 12] ", the line break).
+EVIDENCE_LINE_TOKENS = 8
+
+
+def manager_room(question: str, manager: Role, cfg: ChunkedConfig) -> tuple[int, int | None]:
+    """(manager prompt tokens without evidence, tokens left for evidence or None = no limit)."""
+    base = prompt_tokens(manager.backend, manager_messages(question, [], cfg.mode,
+                                                           cfg.manager_instruction))
+    window = manager.backend.capabilities.context_length
+    if window is None:
+        return base, None
+    return base, window - base - cfg.manager_max_tokens - SAFETY_TOKENS
+
+
 def check_reading(doc: CutDocument, question: str, base: int, worker: Role, manager: Role,
                   cfg: ChunkedConfig, ctx: RunContext) -> int:
     """Refuse, in one line and before any call, a document the node or the run cannot afford.
@@ -236,14 +216,17 @@ def check_reading(doc: CutDocument, question: str, base: int, worker: Role, mana
     if workers > cfg.max_workers:
         raise DocumentTooLong(f"{where}: {size}: {workers} workers of {doc.chunk}-token chunks "
                               f"(overlap {doc.overlap}) exceed max_workers={cfg.max_workers}")
+    per_report = cfg.worker_max_tokens + EVIDENCE_LINE_TOKENS
+    manager_base, room = manager_room(question, manager, cfg)
     shown = workers if cfg.mode == "parallel" else 1
-    manager_prompt = (prompt_tokens(manager.backend, manager_messages(question, [""], cfg))
-                      + shown * (cfg.worker_max_tokens + 4))
-    window = manager.backend.capabilities.context_length
-    if window is not None and manager_prompt + cfg.manager_max_tokens > window:
-        raise DocumentTooLong(f"{where}: {size}: the manager cannot read {shown} reports of up "
-                              f"to {cfg.worker_max_tokens} tokens in role {manager.name}'s "
-                              f"{window}-token window")
+    if room is not None:
+        if room < per_report:
+            raise DocumentTooLong(f"{where}: role {manager.name}'s window cannot hold one "
+                                  f"report of up to {cfg.worker_max_tokens} tokens")
+        # More reports than the manager's window holds: it reads the first that fit (in
+        # document order) and the answer's details say how many were left out.
+        shown = min(shown, room // per_report)
+    manager_prompt = manager_base + shown * per_report
     worker_in = sum(base + e - s for s, e in doc.spans)
     worker_out = workers * cfg.worker_max_tokens
     total = worker_in + worker_out + manager_prompt + cfg.manager_max_tokens
@@ -274,6 +257,40 @@ def short_answer(text: str) -> str | None:
     return None
 
 
+def judge(report: str, sources: Sequence[str], question: str, cfg: ChunkedConfig) -> Evidence:
+    """Is this report evidence? Without verification: anything but "not found"."""
+    if cfg.verify_evidence:
+        return ground_report(report, sources, question)
+    found = not says_not_found(report)
+    return Evidence(text=report.strip(), grounded=found, reason="report" if found else
+                    "not found")
+
+
+def select_evidence(reports: Sequence[str], evidence: Sequence[Evidence], cfg: ChunkedConfig
+                    ) -> list[tuple[int, str]]:
+    """What the parallel manager reads: verified evidence; if there is none, the reports that
+    did not say "not found" (unverified); with drop_not_found off, every report."""
+    if not cfg.drop_not_found:
+        return [(i, e.text if e.grounded else r) for i, (r, e) in enumerate(zip(reports,
+                                                                               evidence))]
+    kept = [(i, e.text) for i, e in enumerate(evidence) if e.grounded]
+    return kept or [(i, r) for i, r in enumerate(reports) if not says_not_found(r)]
+
+
+def fit_evidence(shown: list[tuple[int, str]], room: int | None, manager: Role
+                 ) -> list[tuple[int, str]]:
+    """The first reports that fit the manager's window (document order)."""
+    if room is None:
+        return shown
+    fitted, used = [], 0
+    for i, text in shown:
+        used += manager.backend.estimate_tokens(text) + EVIDENCE_LINE_TOKENS
+        if used > room:
+            break
+        fitted.append((i, text))
+    return fitted
+
+
 async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -> Answer:
     if not (problem.context or "").strip():
         raise ValueError(f"node {ctx.node}: the problem has no context document to read "
@@ -289,42 +306,59 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
              chunk_tokens=chunk, overlap_tokens=overlap, exact_tokens=doc.exact,
              worst_case_tokens=worst)
 
-    def request(messages: tuple[Message, ...], max_tokens: int) -> GenerateRequest:
+    def request(messages: tuple[Message, ...], max_tokens: int, stop: tuple[str, ...] = ()
+                ) -> GenerateRequest:
         return GenerateRequest(messages=messages, temperature=cfg.temperature,
-                               max_tokens=max_tokens)
+                               max_tokens=max_tokens, stop=stop)
 
     async def read(i: int, notes: str | None = None) -> str:
-        messages = worker_messages(question, doc.texts[i], i, total, cfg, notes)
-        gen = await ctx.generate(worker, request(messages, cfg.worker_max_tokens), f"worker{i}")
-        return gen.texts[0].strip()
+        messages = worker_messages(question, doc.texts[i], i, total, cfg.mode,
+                                   cfg.worker_instruction, notes)
+        req = request(messages, cfg.worker_max_tokens, cfg.worker_stop)
+        return (await ctx.generate(worker, req, f"worker{i}")).texts[0].strip()
 
     if cfg.mode == "parallel":   # map: every chunk at once (the role's throttle bounds it)
         reports = list(await asyncio.gather(*(read(i) for i in range(total))))
+        evidence = [judge(r, [doc.texts[i]], question, cfg) for i, r in enumerate(reports)]
+        shown = select_evidence(reports, evidence, cfg)
     else:                        # Chain-of-Agents: one pass, notes CU_i handed forward
-        reports, notes = [], None
+        reports, evidence, notes, last = [], [], None, -1
         for i in range(total):
-            # An empty CU would erase what earlier workers found: keep the previous notes.
-            notes = await read(i, notes) or notes or ""
-            reports.append(notes)
-    found = [not says_not_found(r) for r in reports]
-    shown = reports
-    if cfg.mode == "parallel" and cfg.drop_not_found and any(found):
-        shown = [r for r, f in zip(reports, found) if f]
-    req = request(manager_messages(question, shown, cfg), cfg.manager_max_tokens)
+            reports.append(await read(i, notes))
+            evidence.append(judge(reports[-1], [doc.texts[i], notes or ""], question, cfg))
+            # "Not found" or an unverified report would erase what earlier workers found:
+            # the notes change only when a worker brings evidence.
+            if evidence[-1].grounded:
+                notes, last = evidence[-1].text, i
+        shown = [(last, notes)] if notes else []
+    manager_base, room = manager_room(question, manager, cfg)
+    fitted = fit_evidence(shown, room, manager)
+    req = request(manager_messages(question, fitted, cfg.mode, cfg.manager_instruction),
+                  cfg.manager_max_tokens)
     if cfg.stream_answer:
-        text = ""
+        raw = ""
         async for delta in ctx.stream(manager, req, "manager", answer=True):
-            text += delta.text
+            raw += delta.text
     else:
-        text = (await ctx.generate(manager, req, "manager")).texts[0]
+        raw = (await ctx.generate(manager, req, "manager")).texts[0]
+    text, repairs = raw.strip(), []
+    if cfg.verify_evidence and fitted:   # a garbled copy of an identifier the manager was shown
+        text, repairs, _ = repair_words(text, [t for _, t in fitted],
+                                        keep={w.lower() for w in words(question)})
     candidates = [Candidate(text=r, role=worker.name,
-                            details={"chunk": i, "span": list(doc.spans[i]), "found": f})
-                  for i, (r, f) in enumerate(zip(reports, found))]
-    answer = Answer(text=text.strip(), answer=short_answer(text), candidates=candidates,
+                            details={"chunk": i, "span": list(doc.spans[i]), "found": e.grounded,
+                                     "evidence": e.text, "verdict": e.reason,
+                                     "repaired": e.repaired})
+                  for i, (r, e) in enumerate(zip(reports, evidence))]
+    answer = Answer(text=text, answer=short_answer(text), candidates=candidates,
                     details={"mode": cfg.mode, "document_tokens": doc.n_tokens,
                              "exact_tokens": doc.exact, "chunk_tokens": chunk,
                              "overlap_tokens": overlap, "workers": total,
-                             "spans": [list(s) for s in doc.spans], "found": found})
+                             "spans": [list(s) for s in doc.spans],
+                             "found": [e.grounded for e in evidence],
+                             "shown": [i for i, _ in fitted],
+                             "left_out": len(shown) - len(fitted),
+                             "manager_text": raw.strip(), "answer_repairs": repairs})
     ctx.publish_best(answer)
     return answer
 

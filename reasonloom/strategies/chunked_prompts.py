@@ -1,0 +1,176 @@
+"""Prompts of the chunked node (workers, manager) and how their reports are read: "not found",
+and whether a report is evidence from the worker's part or something it made up.
+
+Workers are asked to copy the words of their part that answer the question, or to say NOT
+FOUND. A weak model does neither reliably (SmolLM2-135M never says NOT FOUND on key-value
+retrieval; it repeats the question's key or invents an identifier of the right shape, often
+stitched from pieces of real ones), so a report is kept as evidence only if it quotes
+something of its part that the question did not already say, and every number or code in it
+occurs in the part. A near-verbatim copy of a long word (an identifier copied with a few
+characters wrong) is replaced by the part's exact word.
+"""
+from __future__ import annotations
+
+import math
+import re
+from difflib import SequenceMatcher
+from typing import Literal, Sequence
+
+from pydantic import BaseModel
+
+from reasonloom.orchestrator.types import Message
+
+Mode = Literal["parallel", "sequential"]
+
+# -- prompts: shared content first (instruction, question), then what differs ---------------
+# The instruction sits in the system message: SmolLM2-135M echoed it when it came after the
+# question (seen on kv_1000 probes), and a shared system prompt is a cacheable prefix.
+WORKER_SYSTEM: dict[str, str] = {
+    "parallel": "You read one part of a long document; other readers read the other parts. "
+                "Answer the question only from your part: copy the words of your part that "
+                "answer it exactly, character for character. If your part does not contain the "
+                "answer, reply NOT FOUND.",
+    "sequential": "You read a long document one part at a time, with the notes of the reader "
+                  "before you. Answer the question from the notes and your part: copy the words "
+                  "that answer it exactly, character for character, and keep what the notes "
+                  "found. If neither contains the answer, reply NOT FOUND.",
+}
+MANAGER_SYSTEM = ("Readers each read one consecutive part of a long document and copied the "
+                  "words of their part that answer the question; most parts do not contain it. "
+                  "Answer the question from the evidence. Copy names, numbers and codes exactly.")
+NO_NOTES = "(none: this is the first part)"
+NO_EVIDENCE = "(no reader found evidence)"
+_NOT_FOUND = re.compile(r"^\W*(not found|n/?a|none|no answer)\b", re.IGNORECASE)
+
+
+def says_not_found(report: str) -> bool:
+    return not report.strip() or bool(_NOT_FOUND.match(report.strip()))
+
+
+def _tail(question: str, instruction: str | None) -> str:
+    """The question again (a small model answers what it read last), then any task-specific
+    instruction."""
+    return f"Question: {question}" + (f"\n{instruction}" if instruction else "")
+
+
+def worker_messages(question: str, part: str, index: int, total: int, mode: Mode,
+                    instruction: str | None = None, notes: str | None = None
+                    ) -> tuple[Message, ...]:
+    memory = ""
+    if mode == "sequential":
+        memory = f"Notes from the parts before:\n{notes or NO_NOTES}\n\n"
+    body = (f"Question: {question}\n\n{memory}Part {index + 1} of {total}:\n{part}\n\n"
+            f"{_tail(question, instruction)}")
+    return (Message(role="system", content=WORKER_SYSTEM[mode]),
+            Message(role="user", content=body))
+
+
+def manager_messages(question: str, evidence: Sequence[tuple[int, str]], mode: Mode,
+                     instruction: str | None = None) -> tuple[Message, ...]:
+    """`evidence`: (chunk index, report) pairs; sequential mode shows the last notes only."""
+    if mode == "sequential":
+        notes = evidence[-1][1] if evidence else NO_EVIDENCE
+        shown = f"Notes after reading the whole document:\n{notes}"
+    else:
+        lines = [f"[part {i + 1}] {text.strip()}" for i, text in evidence] or [NO_EVIDENCE]
+        shown = "Evidence copied from the document:\n" + "\n".join(lines)
+    body = f"Question: {question}\n\n{shown}\n\n{_tail(question, instruction)}"
+    return (Message(role="system", content=MANAGER_SYSTEM), Message(role="user", content=body))
+
+
+# -- is a report evidence? ----------------------------------------------------------------------
+# Words: runs between spaces, quotes, brackets and list punctuation, without sentence marks at
+# their ends; hyphens, dots and slashes stay inside (codes, numbers, dates, paths).
+_WORD = re.compile(r"[^\s\"'`\u201c\u201d\u2018\u2019,;:()\[\]{}<>|]+")
+# Words that carry no evidence even when the part happens to contain them.
+_COMMON = frozenset(
+    "a an the and or but if of in on at to for from by with as is are was were be been it its "
+    "this that these those there here not no yes answer question part text document notes "
+    "value found copy words reply says said".split())
+REPAIR_MIN_CHARS = 8       # only long words (identifiers, names) are repaired, never "1932"
+REPAIR_MIN_SHARE = 0.5     # ... and only when at least half of the word was copied in one run
+
+
+def words(text: str) -> list[str]:
+    found = (w.strip(".!?*") for w in _WORD.findall(text))
+    return [w for w in found if w]
+
+
+def nearest_word(word: str, vocabulary: Sequence[str]) -> str | None:
+    """The source word sharing the longest run of characters with `word` (a copy that went
+    wrong part-way), if that run is at least half of it."""
+    if len(word) < REPAIR_MIN_CHARS:
+        return None
+    need = max(4, math.ceil(REPAIR_MIN_SHARE * len(word)))
+    best, best_run = None, need - 1
+    low = word.lower()
+    for candidate in vocabulary:
+        if len(candidate) < need:
+            continue
+        match = SequenceMatcher(None, low, candidate.lower(), autojunk=False)
+        run = match.find_longest_match(0, len(low), 0, len(candidate)).size
+        if run > best_run:
+            best, best_run = candidate, run
+    return best
+
+
+class Evidence(BaseModel):
+    """A report read against its sources: `text` is the report with near-verbatim words
+    replaced by the sources' exact words; `grounded` says whether it is evidence at all."""
+
+    text: str
+    grounded: bool
+    reason: str                              # why not grounded, or "quoted"
+    repaired: list[tuple[str, str]] = []     # (as written, as in the source)
+
+
+def _vocabulary(sources: Sequence[str]) -> dict[str, str]:
+    vocabulary: dict[str, str] = {}
+    for source in sources:
+        for w in words(source):
+            vocabulary.setdefault(w.lower(), w)
+    return vocabulary
+
+
+def repair_words(text: str, sources: Sequence[str], keep: set[str] | None = None
+                 ) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """Replace each long word of `text` absent from the sources (and from `keep`) by its
+    nearest source word. Returns (text, repairs, words still unsupported)."""
+    vocabulary = _vocabulary(sources)
+    keep = keep or set()
+    repairs: list[tuple[str, str]] = []
+    missing: list[str] = []
+    for w in dict.fromkeys(words(text)):        # each distinct word once, in order
+        if w.lower() in vocabulary or w.lower() in keep:
+            continue
+        match = nearest_word(w, list(vocabulary.values()))
+        if match is None:
+            missing.append(w)
+        else:
+            repairs.append((w, match))
+            text = re.sub(rf"(?<![\w-]){re.escape(w)}(?![\w-])", lambda _m: match, text)
+    return text, repairs, missing
+
+
+def ground_report(report: str, sources: Sequence[str], question: str) -> Evidence:
+    """Evidence = the report quotes at least one specific word of its sources that the
+    question did not already contain, and every word with a digit in it (numbers, dates,
+    codes) occurs in the sources, after repairing near-verbatim copies."""
+    if says_not_found(report):
+        return Evidence(text=report.strip(), grounded=False, reason="not found")
+    asked = {w.lower() for w in words(question)}
+    new = [w for w in words(report) if w.lower() not in asked]
+    if not any(w.lower() not in _COMMON for w in new):
+        return Evidence(text=report.strip(), grounded=False, reason="repeats the question")
+    text, repairs, missing = repair_words(report.strip(), sources, keep=asked)
+    invented = [w for w in missing if any(c.isdigit() for c in w)]
+    if invented:
+        return Evidence(text=text, grounded=False, repaired=repairs,
+                        reason=f"not in its part: {invented[0]}")
+    vocabulary = _vocabulary(sources)
+    quoted = [w for w in words(text) if w.lower() not in asked and w.lower() not in _COMMON
+              and w.lower() in vocabulary]
+    if not quoted:
+        return Evidence(text=text, grounded=False, repaired=repairs,
+                        reason="quotes nothing of its part")
+    return Evidence(text=text, grounded=True, repaired=repairs, reason="quoted")
