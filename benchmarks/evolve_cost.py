@@ -5,12 +5,13 @@
    the same N, k, T. Both arms share their initial population (same seed, same call keys), so
    the comparison isolates the recombination routing. Same model twice = no accuracy gap to
    expect: this half measures what routing and scoring cost.
-2. Simulation at the paper's setting (N=16, k=4, T=10): the REAL `evolve` node (form_groups,
-   route_by_percentile, confidence scoring, majority vote) on a simulated backend whose
-   recombination quality depends on the role and on the group's correct fraction, and whose
-   prompt log-probs give confidences with AUROC 0.70. Prints the cost-accuracy frontier.
+2. Simulation at the paper's setting (N=16, k=4, T=10; benchmarks/evolve_sim.py): the REAL
+   `evolve` node on a simulated backend whose recombination quality depends on the role and on
+   the group's answers, and whose prompt log-probs give confidences with AUROC 0.70. Prints
+   the cost-accuracy frontier; the arms run in worker processes, one per core.
 
     python benchmarks/evolve_cost.py --quick    # < 15 min on 2 CPU cores
+    python benchmarks/evolve_cost.py --sim-only # the 1000-problem simulation alone (minutes)
 """
 from __future__ import annotations
 
@@ -18,13 +19,9 @@ import argparse
 import asyncio
 import json
 import os
-import random
-import re
 import sys
 import time
 from pathlib import Path
-from statistics import NormalDist
-from typing import AsyncIterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,99 +29,12 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from reasonloom.backends.base import (Backend, Capabilities, Delta, Generation,  # noqa: E402
-                                      GenerateRequest, Sample, TokenLogprob)
-from reasonloom.orchestrator.graph import Graph  # noqa: E402
-from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
-from reasonloom.orchestrator.scheduler import run  # noqa: E402
-from reasonloom.orchestrator.types import Message, Problem  # noqa: E402
-from reasonloom.verifiers.answers import answers_equal, extract_answer  # noqa: E402
+from reasonloom.orchestrator.types import Problem  # noqa: E402
 from benchmarks._common import RESULTS, data_dir, machine, write_result  # noqa: E402
+from benchmarks.evolve_sim import PRICES, SIM_SETTING, priced_roles, run_arm, simulate  # noqa: E402
 
-# $ per million tokens (input, output): the strong role costs 8x the cheap one on both.
-PRICES = {"strong": (0.8, 3.2), "cheap": (0.1, 0.4)}
 REAL = {"population": 8, "group_size": 2, "loops": 3, "cut_points": [10.0],
         "temperature": 0.7, "max_tokens": 80}
-SIM_SETTING = {
-    "population": 16, "group_size": 4, "loops": 10, "price_ratio": "8:1",
-    "prices_per_m": PRICES, "scorer": "cheap", "confidence_auroc": 0.70,
-    "strong_accuracy": "Beta(1.275, 0.225) per problem (mean 0.85)",
-    "cheap_accuracy": "Beta(0.92, 0.58) per problem (mean 0.61)",
-    "why_these_betas": (
-        "means = the AIME25 scores of Qwen3-30B-A3B Thinking-2507 / Instruct-2507 (85.0 / 61.3), "
-        "the paper's Thinking+Instruct pair; concentration 1.5 (U-shaped: most problems are "
-        "easy or hopeless for a model, as competition sets are); the two draws are coupled by "
-        "rank (a problem hard for one role is hard for the other). A first try with "
-        "Beta(4, 2) / Beta(2, 3) saturated single-strong at 100% and could not test +-1 point"),
-    "cut_points": [0, 10, 20, 30, 50],
-    "recombination_model": (
-        "with probability p_role (the role's own accuracy on the problem) a recombination is "
-        "sound: it returns the correct answer if any member holds it, else re-derives it with "
-        "probability 0.5 (else copies a member's answer); otherwise it is swayed: it copies a "
-        "random member's answer, or with probability h writes a fresh wrong answer"),
-    "hallucination_h": 0.1,
-    "swayed": "random_member",
-    "sensitivity": [{"h": 0.0, "swayed": "random_member"}, {"h": 0.2, "swayed": "random_member"},
-                    {"h": 0.1, "swayed": "plurality"}],
-    "why_h": "no measurement pins h: the primary run takes the middle of the bracket 0 .. 0.2",
-    "why_plurality": "a swayed aggregator that follows the group's most common answer instead",
-    "wrong_answers": "3 distractors drawn with weights 0.5/0.3/0.2 (wrong answers collide)",
-    "lengths": "each solution 300-700 simulated tokens; prompts count their candidates' tokens",
-    "confidence": "candidate confidence = 5 + N(0,1) + 0.742 * correct (AUROC = Phi(0.742/sqrt 2) = 0.70)",
-}
-SHIFT = 2 ** 0.5 * NormalDist().inv_cdf(0.70)   # the correct-vs-wrong gap giving AUROC 0.70
-
-
-def evolve_graph(params: dict) -> Graph:
-    return Graph().add("evolve", "evolve", params).set_output("evolve")
-
-
-def priced_roles(backends: dict[str, Backend]) -> Roles:
-    return Roles({name: Role(RoleSpec(name=name, price_in_per_m=PRICES[name][0],
-                                      price_out_per_m=PRICES[name][1]), backends[name])
-                  for name in ("strong", "cheap")}, order=["strong", "cheap"])
-
-
-async def run_arm(problems: list[Problem], roles: Roles, params: dict,
-                  concurrent: bool) -> dict:
-    """Every problem through one evolve configuration; totals and per-problem correctness."""
-    graph = evolve_graph(params)
-    scoring = {"dollars": 0.0, "tokens": 0}
-
-    def count_scoring(event) -> None:   # the confidence reads: prefill-only calls, kind score
-        if event.kind == "call_finished" and event.data.get("call_kind") == "score":
-            scoring["dollars"] += event.data["cost_usd"]
-            scoring["tokens"] += event.data["prompt_tokens"]
-
-    t0 = time.perf_counter()
-    if concurrent:
-        results = await asyncio.gather(*(run(graph, p, roles, seed=i, subscribers=[count_scoring])
-                                         for i, p in enumerate(problems)))
-    else:
-        results = [await run(graph, p, roles, seed=i, subscribers=[count_scoring])
-                   for i, p in enumerate(problems)]
-    wall = time.perf_counter() - t0
-    correct = [answers_equal(r.answer.answer, p.gold) for r, p in zip(results, problems)]
-    routing: dict[str, int] = {}
-    for r in results:
-        for role, count in r.answer.details["routing"].items():
-            routing[role] = routing.get(role, 0) + count
-    recombinations = sum(routing.values()) or 1
-    population_acc = [sum(answers_equal(c.answer, p.gold) for c in r.answer.candidates)
-                      / len(r.answer.candidates) for r, p in zip(results, problems)]
-    return {
-        "accuracy": sum(correct) / len(problems),
-        "population_accuracy": sum(population_acc) / len(problems),
-        "dollars": sum(r.usage.total.cost_usd for r in results),
-        "tokens": sum(r.usage.total.total_tokens for r in results),
-        "scoring_dollars": scoring["dollars"],
-        "scoring_tokens": scoring["tokens"],
-        "by_role_dollars": {role: sum(r.usage.by_model[role].cost_usd for r in results
-                                      if role in r.usage.by_model) for role in PRICES},
-        "wall_s": wall,
-        "routing": routing,
-        "routing_share": {k: v / recombinations for k, v in routing.items()},
-    }
 
 
 # -- real engine -------------------------------------------------------------------------------
@@ -161,144 +71,90 @@ async def real_engine(count: int) -> dict:
     return {"problems": count, "setting": REAL, "prices_per_m": PRICES, "arms": out}
 
 
-# -- simulation --------------------------------------------------------------------------------
-_LEN = re.compile(r"\(simulated (\d+) tokens")
+def frontier(sim: dict) -> list[dict]:
+    """Every arm as one cost-accuracy point; `extra` marks the cut points beyond the issue's."""
+    points = []
+    for name, a in sim["arms"].items():
+        cut = float(name.removeprefix("squeeze_p")) if name.startswith("squeeze_p") else None
+        points.append({"arm": name, "cut_point": cut,
+                       "extra": cut is not None and cut not in SIM_SETTING["cut_points"],
+                       "accuracy": a["accuracy"], "acc_gap_points": round(a["acc_gap_points"], 2),
+                       "cost_ratio": round(a["cost_ratio"], 4),
+                       "cost_ratio_without_scoring": round(a["cost_ratio_without_scoring"], 4),
+                       "strong_share": round(a["routing_share"].get("strong", 0.0), 4)})
+    return sorted(points, key=lambda p: p["cost_ratio"])
 
 
-class SimWorld:
-    """The simulated problems: each one's gold answer and each role's accuracy on it."""
-
-    def __init__(self, count: int, hallucination: float, swayed: str = "random_member",
-                 seed: int = 0):
-        self.hallucination, self.swayed = hallucination, swayed
-        rng = random.Random(seed)
-        self.problems = [Problem.from_text(f"Simulated problem {i}: find the value.", id=i,
-                                           gold=str(100 + i)) for i in range(count)]
-        # comonotone coupling with the stated marginals: sort both draws, pair them by rank
-        strong = sorted(rng.betavariate(1.275, 0.225) for _ in range(count))
-        cheap = sorted(rng.betavariate(0.92, 0.58) for _ in range(count))
-        order = list(range(count))
-        rng.shuffle(order)
-        self.accuracy = {self.problems[i].question: {"strong": strong[j], "cheap": cheap[j]}
-                         for j, i in enumerate(order)}
-        self.gold = {p.question: p.gold for p in self.problems}
-        self.confidences: list[tuple[float, bool]] = []
-
-
-def _question_and_candidates(messages: Sequence[Message]) -> tuple[str, list[str]]:
-    content = [m for m in messages if m.role == "user"][-1].content
-    # each section is "i\n<candidate text>", up to the blank line before the next section or
-    # the instruction (whose own "The answer is X" must not count as a member's answer)
-    sections = [s.split("\n\n")[0] for s in content.split("### Solution ")[1:]]
-    return content.split("\n\n")[0], sections
+def cost_accounting(sim: dict) -> dict:
+    """Where a Squeeze problem's dollars go, per cut point, in micro-dollars per problem."""
+    n = sim["problems"]
+    out = {}
+    for name, a in sim["arms"].items():
+        if name.startswith("squeeze_p"):
+            out[name] = {"strong_generate": round(1e6 * a["by_role_dollars"]["strong"] / n),
+                         "cheap_generate": round(1e6 * (a["by_role_dollars"]["cheap"]
+                                                         - a["scoring_dollars"]) / n),
+                         "cheap_scoring": round(1e6 * a["scoring_dollars"] / n),
+                         "scoring_prompt_tokens": round(a["scoring_tokens"] / n)}
+    p10 = out.get("squeeze_p10")
+    if p10:
+        out["note"] = (
+            "a cut point in (0, 100) needs every candidate's confidence: from loop 2 on, the "
+            "cheap scorer prefills each member (~15.9 of 16 per loop, ~143 per problem) with "
+            "the prompt that produced it (problem + k parents: ~2k tokens from loop 3 on) "
+            f"plus its own ~500 tokens: {p10['scoring_prompt_tokens']} prompt tokens, "
+            f"{p10['cheap_scoring']} micro-$ per problem at p10. A recombinations-only "
+            "estimate misses exactly this (p0 scores nothing: its routing is fixed), and it is "
+            "the same at every cut point in (0, 100). Routing shares match the cut points "
+            "(floor(15p/100)+1 of 16 groups)")
+    return out
 
 
-class SimBackend(Backend):
-    """One simulated role (see SIM_SETTING["recombination_model"])."""
-
-    name = "simulated"
-
-    def __init__(self, world: SimWorld, role: str):
-        self.world, self.role, self.model = world, role, f"sim-{role}"
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(context_length=1_000_000)
-
-    def _tokens(self, messages: Sequence[Message]) -> int:
-        text = "".join(m.content for m in messages)
-        return 60 + sum(int(n) for n in _LEN.findall(text))
-
-    def _answer(self, question: str, sections: list[str], rng: random.Random) -> str:
-        gold = self.world.gold[question]
-        skill = self.world.accuracy[question][self.role]
-        wrong = str(int(gold) + rng.choices((1, 2, 3), weights=(0.5, 0.3, 0.2))[0])
-        if not sections:                      # loop 1: an independent attempt
-            return gold if rng.random() < skill else wrong
-        members = [extract_answer(s) or wrong for s in sections]
-        if rng.random() < skill:              # sound recombination
-            if gold in members or rng.random() < 0.5:
-                return gold
-            return rng.choice(members)
-        if rng.random() < self.world.hallucination:
-            return wrong
-        if self.world.swayed == "plurality":
-            top = max(members.count(a) for a in members)
-            return rng.choice(sorted({a for a in members if members.count(a) == top}))
-        return rng.choice(members)
-
-    async def generate(self, req: GenerateRequest) -> Generation:
-        question, sections = _question_and_candidates(req.messages)
-        samples = []
-        for i in range(req.n):
-            rng = random.Random(f"{req.seed}/{i}/{self.role}")
-            length = rng.randint(300, 700)
-            text = (f"Attempt {rng.getrandbits(40):x}: (simulated {length} tokens of reasoning) "
-                    f"The answer is {self._answer(question, sections, rng)}.")
-            samples.append(Sample(text=text, completion_tokens=length, finish_reason="stop"))
-        return Generation(samples=samples, prompt_tokens=self._tokens(req.messages),
-                          model=self.model)
-
-    async def stream(self, req: GenerateRequest) -> AsyncIterator[Delta]:
-        raise NotImplementedError("the simulation never streams")
-        yield Delta()   # pragma: no cover
-
-    async def prompt_logprobs(self, messages: Sequence[Message], text: str,
-                              top_k: int = 0) -> list[TokenLogprob]:
-        question, _ = _question_and_candidates(messages)
-        correct = extract_answer(text) == self.world.gold[question]
-        rng = random.Random(f"conf/{text}")
-        confidence = 5.0 + rng.gauss(0, 1) + SHIFT * correct
-        self.world.confidences.append((confidence, correct))
-        scored = _Scored(TokenLogprob(token="t", logprob=-confidence, top=(-confidence,) * top_k)
-                         for _ in range(4))
-        length = int(_LEN.search(text).group(1)) if _LEN.search(text) else 1
-        scored.prompt_tokens = self._tokens(messages) + length   # the prefill the scorer reads
-        return scored
-
-
-class _Scored(list):
-    prompt_tokens: int = 0
-
-
-def auroc(pairs: list[tuple[float, bool]]) -> float | None:
-    pos = sorted(c for c, ok in pairs if ok)
-    neg = sorted(c for c, ok in pairs if not ok)
-    if not pos or not neg:
+def why_missed(sim: dict) -> str | None:
+    """Why no cut point of the fixed setting reaches single-strong accuracy at <= 1/3 of its
+    cost, from the run's own numbers (None when one does)."""
+    arms, cuts = sim["arms"], SIM_SETTING["cut_points"]
+    ratio = sim["cost_ratio_at_equal_acc"]
+    if ratio is not None and ratio <= 1 / 3:
         return None
-    import bisect
+    strong = arms["single_strong"]
+    routed = [arms[f"squeeze_p{p}"] for p in cuts if p > 0]
+    scoring = sum(a["scoring_dollars"] for a in routed) / len(routed) / strong["dollars"]
+    shares = [a["routing_share"]["strong"] for a in routed]
+    slope = (routed[-1]["cost_ratio"] - routed[0]["cost_ratio"]) / (shares[-1] - shares[0])
+    floor = arms["squeeze_p0"]["cost_ratio"]
+    room = max(0.0, (1 / 3 - floor - scoring) / slope)
+    out = sim["recombination_outcomes"]
+    k = SIM_SETTING["group_size"]
 
-    wins = sum(bisect.bisect_left(neg, c) + 0.5 * (bisect.bisect_right(neg, c)
-                                                   - bisect.bisect_left(neg, c)) for c in pos)
-    return wins / (len(pos) * len(neg))
+    def p(role: str, correct: int) -> str:
+        cell = out.get(f"{role}/{correct}_of_{k}_correct")
+        return f"{cell['p_correct_out']:.3f}" if cell else "n/a"
 
-
-async def simulation(count: int, hallucination: float, swayed: str) -> dict:
-    world = SimWorld(count, hallucination, swayed)
-    roles = priced_roles({"strong": SimBackend(world, "strong"),
-                          "cheap": SimBackend(world, "cheap")})
-    base = {k: SIM_SETTING[k] for k in ("population", "group_size", "loops")}
-    base.update(temperature=1.0, max_tokens=1024)
-    arms = {"single_strong": {**base, "roles": ["strong"]},
-            "single_cheap": {**base, "roles": ["cheap"]}}
-    for p in SIM_SETTING["cut_points"]:
-        arms[f"squeeze_p{p}"] = {**base, "roles": ["strong", "cheap"], "scorer": "cheap",
-                                 "cut_points": [float(p)]}
-    out = {name: await run_arm(world.problems, roles, params, concurrent=False)
-           for name, params in arms.items()}
-    strong = out["single_strong"]
-    for arm in out.values():
-        arm["cost_ratio"] = arm["dollars"] / strong["dollars"]
-        # counterfactual: what the ratio would be if the confidence reads cost nothing
-        arm["cost_ratio_without_scoring"] = (arm["dollars"] - arm["scoring_dollars"]) \
-            / strong["dollars"]
-        arm["acc_gap_points"] = 100 * (arm["accuracy"] - strong["accuracy"])
-    equal = [(out[f"squeeze_p{p}"]["cost_ratio"], p) for p in SIM_SETTING["cut_points"]
-             if out[f"squeeze_p{p}"]["acc_gap_points"] >= -1.0 - 1e-9]
-    best = min(equal) if equal else None
-    return {"problems": count, "hallucination_h": hallucination, "swayed": swayed, "arms": out, "measured_auroc": auroc(world.confidences),
-            "cost_ratio_at_equal_acc": best[0] if best else None,
-            "cut_point_at_equal_acc": best[1] if best else None}
+    gap_p = max(cuts, key=lambda c: arms[f"squeeze_p{c}"]["acc_gap_points"])
+    closest = arms[f"squeeze_p{gap_p}"]
+    lead = ("no cut point of {0,10,20,30,50} comes within 1 point of single-strong accuracy "
+            f"({strong['accuracy']:.3f})" if ratio is None else
+            f"the cheapest cut point within 1 point costs {ratio:.3f}x, above 1/3")
+    return (
+        f"{lead}; the closest is p{gap_p} at {closest['acc_gap_points']:+.1f} points for "
+        f"{closest['cost_ratio']:.3f}x the cost. Cost: loop 1 on the strong role plus cheap "
+        f"recombinations already cost {floor:.3f}x (p0); any cut point in (0, 100) adds "
+        f"{scoring:.3f}x of confidence reads (each candidate prefilled with its ~2k-token parent "
+        f"prompt by the cheap scorer); each extra 10% of recombinations on the strong role adds "
+        f"{slope / 10:.3f}x. So 1/3 leaves room for at most {room:.0%} of recombinations on the "
+        f"strong role (p5 = 6.25% is the only cut point there). Accuracy: in this model a "
+        f"recombination whose group holds the answer {k}/{k} times returns it with p = "
+        f"{p('cheap', k)} (cheap) vs {p('strong', k)} (strong), 2/{k}: {p('cheap', 2)} vs "
+        f"{p('strong', 2)}, 0/{k}: {p('cheap', 0)} vs {p('strong', 0)}: a cheap recombination "
+        f"erodes confident (mostly correct) groups as well as unconfident ones, while confidence "
+        f"routing (AUROC {sim['measured_auroc']:.2f}) can only send the least confident groups "
+        f"to the strong role; Squeeze's final population stays less accurate than single-strong's "
+        f"({arms['squeeze_p50']['population_accuracy']:.3f} at p50 vs "
+        f"{strong['population_accuracy']:.3f}), and the vote cannot close the gap until most "
+        f"groups go to the strong role. This pessimism about cheap aggregation (soundness = the "
+        f"role's single-sample accuracy) is the model's, not a measurement: see the sensitivity "
+        f"runs.")
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -314,6 +170,39 @@ def table(title: str, arms: dict[str, dict], ref: str) -> None:
               f"{a['tokens']:>11}{a['wall_s']:>8.1f}  {share}")
 
 
+def run_simulation(n_sim: int, n_sensitivity: int) -> dict:
+    t0 = time.perf_counter()
+    settings = [("primary", SIM_SETTING["hallucination_h"], SIM_SETTING["swayed"], n_sim)] + [
+        (f"h{v['h']}_{v['swayed']}", v["h"], v["swayed"], n_sensitivity)
+        for v in SIM_SETTING["sensitivity"]]
+    sims = simulate(settings)
+    for label, h, swayed, count in settings:
+        sim = sims[label]
+        table(f"Simulation ({label}, h {h}, swayed {swayed}): {count} problems, N=16 k=4 T=10, "
+              f"8:1 prices, scorer cheap (measured confidence AUROC {sim['measured_auroc']:.3f})",
+              sim["arms"], "single_strong")
+        cut, extra = sim["cut_point_at_equal_acc"], sim["cut_point_at_equal_acc_with_extra_cuts"]
+        print("no cut point of {0,10,20,30,50} reaches single-strong accuracy within 1 point"
+              if cut is None else f"cheapest Squeeze within 1 point of single-strong: cut point "
+              f"{cut} at {sim['cost_ratio_at_equal_acc']:.3f}x its cost")
+        if extra != cut:
+            print(f"with the extra cut points: p{extra} at "
+                  f"{sim['cost_ratio_at_equal_acc_with_extra_cuts']:.3f}x")
+    primary = sims.pop("primary")
+    ratio = primary["cost_ratio_at_equal_acc"]
+    why = why_missed(primary)
+    if why:
+        print(f"\nwhy the target is missed: {why}")
+    return dict(sim_setting=SIM_SETTING, simulation=primary, simulation_sensitivity=sims,
+                sim_frontier=frontier(primary), sim_cost_accounting_micro_usd_per_problem=
+                cost_accounting(primary), cost_ratio_sim_at_equal_acc=ratio,
+                cost_ratio_sim_at_equal_acc_with_extra_cuts=primary[
+                    "cost_ratio_at_equal_acc_with_extra_cuts"],
+                sim_target_met=ratio is not None and ratio <= 1 / 3, sim_why_missed=why,
+                sim_wall_s=time.perf_counter() - t0, sim_workers=os.cpu_count(),
+                sim_args=sys.argv[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 real problems, smaller simulation")
@@ -322,32 +211,14 @@ def main() -> None:
     parser.add_argument("--real-only", action="store_true",
                         help="only the real engine (keeps the simulation of an earlier result)")
     args = parser.parse_args()
-    n_real, n_sim = (6, 120) if args.quick else (20, 1000)
+    n_real, n_sim, n_sens = (6, 200, 100) if args.quick else (20, 1000, 400)
     previous = RESULTS / "evolve_cost.json"
     report: dict = json.loads(previous.read_text()) if previous.exists() else {}
     report["machine"] = machine()
+    t_all = time.perf_counter()
 
-    if not args.real_only:
-        t0 = time.perf_counter()
-        sims: dict[str, dict] = {}
-        runs = [("primary", SIM_SETTING["hallucination_h"], SIM_SETTING["swayed"], n_sim)] + [
-            (f"h{v['h']}_{v['swayed']}", v["h"], v["swayed"], n_sim * 3 // 10)
-            for v in SIM_SETTING["sensitivity"]]
-        for label, h, swayed, count in runs:
-            sim = sims[label] = asyncio.run(simulation(count, h, swayed))
-            table(f"Simulation ({label}): {count} problems, N=16 k=4 T=10, 8:1 prices, scorer "
-                  f"cheap (measured confidence AUROC {sim['measured_auroc']:.3f})",
-                  sim["arms"], "single_strong")
-            cut = sim["cut_point_at_equal_acc"]
-            print("no cut point reaches single-strong accuracy within 1 point" if cut is None
-                  else f"cheapest Squeeze within 1 point of single-strong: cut point {cut} at "
-                       f"{sim['cost_ratio_at_equal_acc']:.3f}x its cost")
-        primary = sims.pop("primary")
-        ratio = primary["cost_ratio_at_equal_acc"]
-        report.update(quick_sim=args.quick, sim_setting=SIM_SETTING, simulation=primary,
-                      simulation_sensitivity=sims, cost_ratio_sim_at_equal_acc=ratio,
-                      sim_target_met=ratio is not None and ratio <= 1 / 3,
-                      sim_wall_s=time.perf_counter() - t0)
+    if not args.real_only:   # before the engine starts: the sim's workers are spawned processes
+        report.update(quick_sim=args.quick, **run_simulation(n_sim, n_sens))
 
     if not args.sim_only:
         t0 = time.perf_counter()
@@ -360,7 +231,8 @@ def main() -> None:
                       acc_squeeze_real=arms["squeeze"]["accuracy"],
                       acc_single_strong_real=arms["single_strong"]["accuracy"],
                       routing_real=arms["squeeze"]["routing"],
-                      real_wall_s=time.perf_counter() - t0)
+                      real_wall_s=time.perf_counter() - t0, real_args=sys.argv[1:])
+    report["last_run"] = {"args": sys.argv[1:], "wall_s": time.perf_counter() - t_all}
     print(f"\nwrote {write_result('evolve_cost', report).relative_to(ROOT)}")
 
 
