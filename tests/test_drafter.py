@@ -232,3 +232,27 @@ def test_cpu_expand_fix_keeps_float_values():
     ints = torch.full((3,), -1, dtype=torch.int64)
     expand_kernel_impl(ints, torch.tensor([4, 9]), torch.tensor([1, 3]), 0, 0)
     assert ints.tolist() == [4, 9, 9]
+
+
+def test_cpu_rewind_fix_hides_generators_from_the_bookkeeping_step_only():
+    """A chunked seeded prompt made the runner rewind a CPU generator's offset, which CPU
+    generators lack (backends/vllm/cpu_fixes.py): the bookkeeping step must not see them, and
+    everything else must find them where they were."""
+    from reasonloom.backends.vllm.cpu_fixes import skip_generator_rewind
+
+    class Runner:
+        def __init__(self) -> None:
+            self.input_batch = type("Batch", (), {})()
+            self.input_batch.generators = {0: "generator of request 0"}
+
+        def _bookkeeping_sync(self, step: int) -> dict:
+            for gen in self.input_batch.generators.values():
+                raise RuntimeError(f"CPU Generator does not use offset ({gen})")
+            return {"step": step}
+
+    skip_generator_rewind(Runner)
+    skip_generator_rewind(Runner)              # installing twice wraps once
+    runner = Runner()
+    assert runner._bookkeeping_sync(7) == {"step": 7}
+    assert runner.input_batch.generators == {0: "generator of request 0"}
+    assert Runner._bookkeeping_sync.__name__ == "bookkeeping_without_rewind"

