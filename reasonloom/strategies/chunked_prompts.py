@@ -6,7 +6,7 @@ FOUND. A weak model does neither reliably (SmolLM2-135M never says NOT FOUND on 
 retrieval; it repeats the question's key or invents an identifier of the right shape, often
 stitched from pieces of real ones), so a report is kept as evidence only if it quotes
 something of its part that the question did not already say, and every number or code in it
-occurs in the part. A near-verbatim copy of a long word (an identifier copied with a few
+occurs in the part. A near-verbatim copy of a long code (an identifier copied with a few
 characters wrong) is replaced by the part's exact word.
 """
 from __future__ import annotations
@@ -87,7 +87,8 @@ _COMMON = frozenset(
     "a an the and or but if of in on at to for from by with as is are was were be been it its "
     "this that these those there here not no yes answer question part text document notes "
     "value found copy words reply says said".split())
-REPAIR_MIN_CHARS = 8       # only long words (identifiers, names) are repaired, never "1932"
+# Only long words with a digit (codes, identifiers) are repaired: never "1932", never prose.
+REPAIR_MIN_CHARS = 8
 REPAIR_MIN_SHARE = 0.5     # ... and only when at least half of the word was copied in one run
 
 
@@ -99,7 +100,7 @@ def words(text: str) -> list[str]:
 def nearest_word(word: str, vocabulary: Sequence[str]) -> str | None:
     """The source word sharing the longest run of characters with `word` (a copy that went
     wrong part-way), if that run is at least half of it."""
-    if len(word) < REPAIR_MIN_CHARS:
+    if len(word) < REPAIR_MIN_CHARS or not any(c.isdigit() for c in word):
         return None
     need = max(4, math.ceil(REPAIR_MIN_SHARE * len(word)))
     best, best_run = None, need - 1
