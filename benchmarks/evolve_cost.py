@@ -157,6 +157,23 @@ def why_missed(sim: dict) -> str | None:
         f"runs.")
 
 
+def real_note(real: dict) -> str:
+    """What the real half can and cannot show, from its own numbers."""
+    arms, n = real["arms"], real["setting"]["population"]
+    sq = arms["squeeze"]
+    share, pairs = sq["routing_share"].get("strong", 0.0), n * (n - 1) // 2
+    return (
+        f"SmolLM2-135M's loop-1 candidates are right "
+        f"{arms['initial_only']['population_accuracy']:.1%} of the time on these problems "
+        "(6.2% at max_tokens 256 in a probe, majority vote 0/6 either way), so accuracy "
+        "cannot separate the arms: this half measures cost and routing. Confidence "
+        f"reads are {sq['scoring_dollars'] / sq['dollars']:.0%} of Squeeze's dollars. Strong "
+        f"share {share:.1%}, not the 1/{n} a cut point of 10 gives with distinct fitnesses: "
+        f"with N={n}, k=2 there are only {pairs} distinct groups, so the least confident group "
+        f"often has a copy that ties with it, and both go to the strong role (fitness <= "
+        f"threshold, as in the paper's code; the recipe run shows such a tie)")
+
+
 # -- report ------------------------------------------------------------------------------------
 def table(title: str, arms: dict[str, dict], ref: str) -> None:
     print(f"\n{title}")
@@ -230,7 +247,7 @@ def main() -> None:
                       cost_ratio_real=arms["squeeze"]["dollars"] / arms["single_strong"]["dollars"],
                       acc_squeeze_real=arms["squeeze"]["accuracy"],
                       acc_single_strong_real=arms["single_strong"]["accuracy"],
-                      routing_real=arms["squeeze"]["routing"],
+                      routing_real=arms["squeeze"]["routing"], real_note=real_note(real),
                       real_wall_s=time.perf_counter() - t0, real_args=sys.argv[1:])
     report["last_run"] = {"args": sys.argv[1:], "wall_s": time.perf_counter() - t_all}
     print(f"\nwrote {write_result('evolve_cost', report).relative_to(ROOT)}")
