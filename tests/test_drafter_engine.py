@@ -2,6 +2,8 @@
 token) and it does draft. The drafting engine is this test's own second engine."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from reasonloom.orchestrator.types import Message
@@ -61,6 +63,16 @@ def test_greedy_float32_generation_with_the_history_drafter_equals_generation_wi
         for seed in range(2):
             arun(greedy_ids(drafting, COPY, max_tokens=48, temperature=0.7, seed=seed))
         sampled = spec_counters()
+        # Two seeded long prompts at once overflow one step's token budget, so chunked prefill
+        # (on with speculative decoding) splits one: the CPU worker died on its generator
+        # rewind before cpu_fixes.skip_generator_rewind.
+        budget = arun(drafting.engine()).vllm_config.scheduler_config.max_num_batched_tokens
+        longs = [LONG + f" Which item is {k}?" for k in (1, 2)]
+        assert sum(len(drafting.render((Message(role="user", content=p),))) for p in longs) \
+            > budget
+        split = arun(asyncio.gather(*(greedy_ids(drafting, p, max_tokens=8, temperature=0.7,
+                                                 seed=k) for k, p in enumerate(longs))))
+        assert [len(ids) for ids in split] == [8, 8]
     finally:
         shutdown_engine(drafting.model_path, drafting.engine_args)
     drafted, accepted = delta(before, after)
@@ -69,6 +81,7 @@ def test_greedy_float32_generation_with_the_history_drafter_equals_generation_wi
     assert drafted > 0 and accepted / drafted > 0.3
 
 
+LONG = " ".join(f"Item {i} is {i * 7 % 13}." for i in range(330))
 COPY = ("Repeat this sentence exactly: The quick brown fox jumps over the lazy dog while the "
         "farmer counts seven sheep near the old red barn.")
 
