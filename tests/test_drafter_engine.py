@@ -35,6 +35,10 @@ async def greedy_ids(backend, prompt: str, max_tokens: int = 80, temperature: fl
     return list(final.outputs[0].token_ids)
 
 
+async def together(calls) -> list:
+    return list(await asyncio.gather(*calls))
+
+
 def spec_counters() -> dict[str, float]:
     from vllm.v1.metrics.reader import Counter, get_metrics_snapshot
 
@@ -70,8 +74,8 @@ def test_greedy_float32_generation_with_the_history_drafter_equals_generation_wi
         longs = [LONG + f" Which item is {k}?" for k in (1, 2)]
         assert sum(len(drafting.render((Message(role="user", content=p),))) for p in longs) \
             > budget
-        split = arun(asyncio.gather(*(greedy_ids(drafting, p, max_tokens=8, temperature=0.7,
-                                                 seed=k) for k, p in enumerate(longs))))
+        split = arun(together(greedy_ids(drafting, p, max_tokens=8, temperature=0.7, seed=k)
+                              for k, p in enumerate(longs)))
         assert [len(ids) for ids in split] == [8, 8]
     finally:
         shutdown_engine(drafting.model_path, drafting.engine_args)
