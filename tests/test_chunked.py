@@ -164,7 +164,7 @@ def test_parallel_workers_report_their_chunk_and_the_manager_sees_only_found_rep
     found = answer.details["found"]
     assert found[-1] and not any(found[:-1])
     assert answer.candidates[-1].details["found"] and "7391" in answer.candidates[-1].text
-    assert len(seen) == 1 and "not found" not in seen[0] and seen[0].count("[part ") == 1
+    assert len(seen) == 1 and "not found" not in seen[0] and seen[0].count("#") == 1
     by_model = result.usage.by_model
     assert by_model["cheap"].calls == answer.details["workers"] and by_model["strong"].calls == 1
 
@@ -193,7 +193,7 @@ def test_sequential_workers_pass_their_notes_forward_and_the_manager_reads_the_l
     assert workers >= 3 and len(prompts) == workers + 1
     assert "(none: this is the first part)" in prompts[0]
     assert "the secret code is 7391" in prompts[1]             # worker 2 got worker 1's notes
-    assert prompts[-1].count("; ") == workers - 1 and "Evidence copied" not in prompts[-1]
+    assert prompts[-1].count("; ") == workers - 1 and "Reports:" not in prompts[-1]
     assert result.answer.answer == "The code is 7391."
 
 
@@ -244,7 +244,7 @@ def test_parallel_manager_sees_no_invented_or_echoed_reports_and_gets_the_exact_
                              _roles(ScriptedBackend(reader))))
     details = result.answer.details
     assert sum(details["found"]) >= 1 and not all(details["found"])
-    assert len(seen) == 1 and seen[0].count("[part ") == sum(details["found"])
+    assert len(seen) == 1 and seen[0].count("\n#") == sum(details["found"])
     assert "00000000" not in seen[0] and code in seen[0]
     assert code in result.answer.text and details["manager_text"] != result.answer.text
     verdicts = {c.details["verdict"] for c in result.answer.candidates}
@@ -356,3 +356,18 @@ def test_long_context_recipe_accepts_32k_token_documents_within_its_budget():
     assert check(32_000) <= recipe.spec.budget.tokens
     with pytest.raises(DocumentTooLong):
         check(96_000)
+
+
+def test_the_manager_reads_the_reports_and_sentences_that_mention_what_is_asked():
+    from reasonloom.strategies.chunked import ChunkedConfig, select_evidence
+    from reasonloom.strategies.chunked_prompts import Evidence, relevant_sentences
+
+    question = "What is the secret code?"
+    reports = ["The cat slept on the warm stones.", "The secret code is 4898."]
+    evidence = [Evidence(text=r, grounded=True, reason="quoted") for r in reports]
+    assert select_evidence(reports, evidence, ChunkedConfig(), question) == [(1, reports[1])]
+    # nothing mentions the question: every verified report stays
+    assert len(select_evidence(reports[:1], evidence[:1], ChunkedConfig(), question)) == 1
+    assert relevant_sentences("Rain was expected. The secret code is 4898.", question) \
+        == "The secret code is 4898."
+    assert relevant_sentences("Rain was expected.", question) == "Rain was expected."

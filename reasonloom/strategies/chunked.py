@@ -41,6 +41,7 @@ from reasonloom.orchestrator.roles import Role
 from reasonloom.orchestrator.types import (Answer, Candidate, Candidates, FrozenModel, Message,
                                            Problem)
 from reasonloom.strategies.chunked_prompts import (Evidence, ground_report, manager_messages,
+                                                   mentions_the_question, relevant_sentences,
                                                    repair_words, says_not_found, words,
                                                    worker_messages)
 
@@ -80,7 +81,8 @@ class ChunkedConfig(FrozenModel):
     manager_max_tokens: int = Field(128, ge=1)  # the reference's manager limit for QA/KV
     temperature: float = Field(0.0, ge=0)       # greedy, as the reference: extraction, not ideas
     worker_stop: tuple[str, ...] = ()           # e.g. ("\n",) when a report is one line
-    worker_instruction: str | None = None       # task-specific, after the question; None = none
+    # After the question; None = the default (chunked_prompts), "" = none.
+    worker_instruction: str | None = None
     manager_instruction: str | None = None
     # Hide "not found" (and, with verify_evidence, unverified) reports from the manager unless
     # no report is left: a weak manager is distracted by them (the paper's "aggregator
@@ -192,7 +194,7 @@ def plan_reading(question: str, worker: Role, cfg: ChunkedConfig, where: str
     return chunk, cfg.overlap_tokens, base
 
 
-# Tokens of one evidence line besides the report itself ("[part 12] ", the line break).
+# Tokens of one evidence line besides the report itself ("#12: ", the line break).
 EVIDENCE_LINE_TOKENS = 8
 
 
@@ -266,14 +268,18 @@ def judge(report: str, sources: Sequence[str], question: str, cfg: ChunkedConfig
                     "not found")
 
 
-def select_evidence(reports: Sequence[str], evidence: Sequence[Evidence], cfg: ChunkedConfig
-                    ) -> list[tuple[int, str]]:
-    """What the parallel manager reads: verified evidence; if there is none, the reports that
-    did not say "not found" (unverified); with drop_not_found off, every report."""
+def select_evidence(reports: Sequence[str], evidence: Sequence[Evidence], cfg: ChunkedConfig,
+                    question: str = "") -> list[tuple[int, str]]:
+    """What the parallel manager reads: verified evidence, narrowed to the reports that
+    mention something the question asks about when any does (a weak worker quotes some
+    sentence of an irrelevant part, and a weak manager may copy it); if nothing is verified,
+    the reports that did not say "not found"; with drop_not_found off, every report."""
     if not cfg.drop_not_found:
         return [(i, e.text if e.grounded else r) for i, (r, e) in enumerate(zip(reports,
                                                                                evidence))]
     kept = [(i, e.text) for i, e in enumerate(evidence) if e.grounded]
+    relevant = [(i, text) for i, text in kept if mentions_the_question(text, question)]
+    kept = relevant or kept
     return kept or [(i, r) for i, r in enumerate(reports) if not says_not_found(r)]
 
 
@@ -320,7 +326,7 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
     if cfg.mode == "parallel":   # map: every chunk at once (the role's throttle bounds it)
         reports = list(await asyncio.gather(*(read(i) for i in range(total))))
         evidence = [judge(r, [doc.texts[i]], question, cfg) for i, r in enumerate(reports)]
-        shown = select_evidence(reports, evidence, cfg)
+        shown = select_evidence(reports, evidence, cfg, question)
     else:                        # Chain-of-Agents: one pass, notes CU_i handed forward
         reports, evidence, notes, last = [], [], None, -1
         for i in range(total):
@@ -331,6 +337,8 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
             if evidence[-1].grounded:
                 notes, last = evidence[-1].text, i
         shown = [(last, notes)] if notes else []
+    if cfg.verify_evidence:
+        shown = [(i, relevant_sentences(text, question)) for i, text in shown]
     manager_base, room = manager_room(question, manager, cfg)
     fitted = fit_evidence(shown, room, manager)
     req = request(manager_messages(question, fitted, cfg.mode, cfg.manager_instruction),

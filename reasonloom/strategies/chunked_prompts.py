@@ -23,21 +23,27 @@ from reasonloom.orchestrator.types import Message
 Mode = Literal["parallel", "sequential"]
 
 # -- prompts: shared content first (instruction, question), then what differs ---------------
-# The instruction sits in the system message: SmolLM2-135M echoed it when it came after the
-# question (seen on kv_1000 probes), and a shared system prompt is a cacheable prefix.
+# Chosen on SmolLM2-135M probes (kv_1000 items that are not benchmark items, and the engine
+# test's needle): in parallel mode the instruction sits in the system message (after the
+# question it was echoed back on key-value data); in sequential mode the short "update the
+# notes" instruction after the question carried a found fact forward best; the manager's
+# "briefly, in a few words" made it pick the report that answers rather than the first one.
 WORKER_SYSTEM: dict[str, str] = {
     "parallel": "You read one part of a long document; other readers read the other parts. "
                 "Answer the question only from your part: copy the words of your part that "
                 "answer it exactly, character for character. If your part does not contain the "
                 "answer, reply NOT FOUND.",
-    "sequential": "You read a long document one part at a time, with the notes of the reader "
-                  "before you. Answer the question from the notes and your part: copy the words "
-                  "that answer it exactly, character for character, and keep what the notes "
-                  "found. If neither contains the answer, reply NOT FOUND.",
+    "sequential": "You read a long document one part at a time and pass notes to the reader "
+                  "of the next part. Use only the notes and your part.",
 }
-MANAGER_SYSTEM = ("Readers each read one consecutive part of a long document and copied the "
-                  "words of their part that answer the question; most parts do not contain it. "
-                  "Answer the question from the evidence. Copy names, numbers and codes exactly.")
+WORKER_INSTRUCTION: dict[str, str | None] = {
+    "parallel": None,
+    "sequential": "Update the notes: if this part or the notes answer the question, write the "
+                  "answer in one sentence; otherwise write: not found.",
+}
+MANAGER_SYSTEM = ("Readers each read one consecutive part of a long document; most parts do "
+                  "not contain the answer. Answer the question from their reports.")
+MANAGER_INSTRUCTION = "Answer the question briefly, in a few words."
 NO_NOTES = "(none: this is the first part)"
 NO_EVIDENCE = "(no reader found evidence)"
 _NOT_FOUND = re.compile(r"^\W*(not found|n/?a|none|no answer)\b", re.IGNORECASE)
@@ -47,9 +53,10 @@ def says_not_found(report: str) -> bool:
     return not report.strip() or bool(_NOT_FOUND.match(report.strip()))
 
 
-def _tail(question: str, instruction: str | None) -> str:
-    """The question again (a small model answers what it read last), then any task-specific
-    instruction."""
+def _tail(question: str, instruction: str | None, default: str | None) -> str:
+    """The question again (a small model answers what it read last), then the instruction:
+    None = the default, "" = none."""
+    instruction = default if instruction is None else instruction
     return f"Question: {question}" + (f"\n{instruction}" if instruction else "")
 
 
@@ -60,7 +67,7 @@ def worker_messages(question: str, part: str, index: int, total: int, mode: Mode
     if mode == "sequential":
         memory = f"Notes from the parts before:\n{notes or NO_NOTES}\n\n"
     body = (f"Question: {question}\n\n{memory}Part {index + 1} of {total}:\n{part}\n\n"
-            f"{_tail(question, instruction)}")
+            f"{_tail(question, instruction, WORKER_INSTRUCTION[mode])}")
     return (Message(role="system", content=WORKER_SYSTEM[mode]),
             Message(role="user", content=body))
 
@@ -72,9 +79,9 @@ def manager_messages(question: str, evidence: Sequence[tuple[int, str]], mode: M
         notes = evidence[-1][1] if evidence else NO_EVIDENCE
         shown = f"Notes after reading the whole document:\n{notes}"
     else:
-        lines = [f"[part {i + 1}] {text.strip()}" for i, text in evidence] or [NO_EVIDENCE]
-        shown = "Evidence copied from the document:\n" + "\n".join(lines)
-    body = f"Question: {question}\n\n{shown}\n\n{_tail(question, instruction)}"
+        lines = [f"#{i + 1}: {text.strip()}" for i, text in evidence] or [NO_EVIDENCE]
+        shown = "Reports:\n" + "\n".join(lines)
+    body = f"Question: {question}\n\n{shown}\n\n{_tail(question, instruction, MANAGER_INSTRUCTION)}"
     return (Message(role="system", content=MANAGER_SYSTEM), Message(role="user", content=body))
 
 
@@ -175,3 +182,24 @@ def ground_report(report: str, sources: Sequence[str], question: str) -> Evidenc
         return Evidence(text=text, grounded=False, repaired=repairs,
                         reason="quotes nothing of its part")
     return Evidence(text=text, grounded=True, repaired=repairs, reason="quoted")
+
+
+_QUESTION_WORDS = frozenset("what who whom whose which when where why how do does did can "
+                            "could would should please tell give find extract".split())
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def mentions_the_question(report: str, question: str) -> bool:
+    """The report shares a specific word with the question: "the secret code is 4898" for
+    "What is the secret code?", a record holding the asked key."""
+    asked = {w.lower() for w in words(question)} - _COMMON - _QUESTION_WORDS
+    return any(w.lower() in asked for w in words(report))
+
+
+def relevant_sentences(report: str, question: str) -> str:
+    """The report's sentences that mention what the question asks about (all of them when
+    none does): a weak worker pads its quote with neighbouring sentences, and a weak manager
+    may copy the padding."""
+    sentences = [s for s in _SENTENCE_END.split(report) if s.strip()]
+    kept = [s.strip() for s in sentences if mentions_the_question(s, question)]
+    return " ".join(kept) if kept else report
