@@ -6,7 +6,9 @@ import asyncio
 import doctest
 import functools
 import math
+import random
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,8 @@ from reasonloom.orchestrator.types import Problem
 from reasonloom.strategies.chunked import (FALLBACK_MARGIN, ChunkedConfig, DocumentTooLong,
                                            check_reading, cut_document, plan_reading,
                                            split_tokens)
-from reasonloom.strategies.chunked_prompts import MANAGER_SYSTEM, ground_report
+from reasonloom.strategies.chunked_evidence import ground_report
+from reasonloom.strategies.chunked_prompts import MANAGER_SYSTEM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -360,7 +363,7 @@ def test_long_context_recipe_accepts_32k_token_documents_within_its_budget():
 
 def test_the_manager_reads_the_reports_and_sentences_that_mention_what_is_asked():
     from reasonloom.strategies.chunked import ChunkedConfig, select_evidence
-    from reasonloom.strategies.chunked_prompts import Evidence, relevant_sentences
+    from reasonloom.strategies.chunked_evidence import Evidence, relevant_sentences
 
     question = "What is the secret code?"
     reports = ["The cat slept on the warm stones.", "The secret code is 4898."]
@@ -371,3 +374,79 @@ def test_the_manager_reads_the_reports_and_sentences_that_mention_what_is_asked(
     assert relevant_sentences("Rain was expected. The secret code is 4898.", question) \
         == "The secret code is 4898."
     assert relevant_sentences("Rain was expected.", question) == "Rain was expected."
+
+
+def _uuid(i: int) -> str:
+    return str(uuid.UUID(int=random.Random(i).getrandbits(128)))
+
+
+KEYS = [_uuid(i) for i in range(3)]
+KEY, GOLD = _uuid(10), _uuid(11)
+VALUES = {**{k: _uuid(20 + i) for i, k in enumerate(KEYS)}, KEY: GOLD}
+
+
+def _json_line(keys: list[str]) -> str:
+    return "{" + ", ".join(f'"{k}": "{VALUES[k]}"' for k in keys) + "}"
+
+
+def test_a_quoted_fragment_is_shown_as_the_record_it_was_copied_from():
+    """A weak worker copies a value without its key; the manager reads the part's own record
+    (the JSON line is cut into records because it is longer than one sentence should be)."""
+    from reasonloom.strategies.chunked_evidence import segments
+
+    part = _json_line([KEYS[0], KEY, KEYS[1], KEYS[2]])
+    assert len(segments(part)) == 4 and segments("Short. Two sentences.") == ["Short.",
+                                                                             "Two sentences."]
+    verdict = ground_report(f"The value is {GOLD}.", [part], f'Key: "{KEY}"')
+    assert verdict.grounded and verdict.source == f'"{KEY}": "{GOLD}",'
+    # prose: the sentence holding most of the quoted words, not every sentence with one of them
+    prose = "The code of the gate was changed. Its first director was Ana Ruiz. Ruiz left."
+    verdict = ground_report("Ana Ruiz", [prose], "Who was the first director?")
+    assert verdict.source == "Its first director was Ana Ruiz."
+
+
+def test_the_parallel_manager_reads_the_source_record_and_picks_the_one_with_the_asked_key():
+    key, gold, other = KEY, GOLD, VALUES[KEYS[1]]
+    filler = " ".join(f"Filler sentence number {i} says little." for i in range(60))
+    doc = f"{filler}\n{_json_line([KEYS[0], KEY, KEYS[1]])}\n{filler}"
+    seen: list[str] = []
+
+    def reader(req, index):
+        user = req.messages[-1].content
+        if req.messages[0].content == MANAGER_SYSTEM:
+            seen.append(user)
+            return gold if key in user.split("Reports:")[1] else "unknown"
+        part = user.split("Part ", 1)[1]
+        # a weak worker: a bare value of its part, the wrong one as often as the right one
+        return f"It is {other}." if other in part and index % 2 else (
+            f"It is {gold}." if gold in part else "not found")
+
+    problem = Problem.from_text(f'What is the value of key "{key}"?', context=doc)
+    result = asyncio.run(run(_graph(chunk_tokens=150, overlap_tokens=40), problem,
+                             _roles(ScriptedBackend(reader))))
+    assert result.answer.answer == gold
+    shown = seen[0].split("Reports:")[1]
+    assert f'"{key}": "{gold}"' in shown and other not in shown
+
+
+def test_sequential_notes_that_answer_the_question_are_not_replaced_by_ones_that_do_not():
+    key, gold = KEY, GOLD
+    filler = " ".join(f"Filler sentence {i} mentions code-{i:04d}." for i in range(90))
+    doc = f'"{key}": "{gold}". {filler}'
+    notes_seen: list[str] = []
+
+    def reader(req, index):
+        user = req.messages[-1].content
+        if req.messages[0].content == MANAGER_SYSTEM:
+            return user.split("whole document:\n")[1].split("\n")[0]
+        notes_seen.append(user.split("Notes from the parts before:\n")[1].split("\n\n")[0])
+        part = user.split("Part ", 1)[1]
+        if gold in part:
+            return f"The value of {key} is {gold}."
+        return f"The part mentions {re.findall(r'code-[0-9]{4}', part)[0]}."   # grounded, beside the point
+
+    problem = Problem.from_text(f'What is the value of key "{key}"?', context=doc)
+    result = asyncio.run(run(_graph(mode="sequential", chunk_tokens=120, overlap_tokens=0),
+                             problem, _roles(ScriptedBackend(reader))))
+    assert result.answer.details["workers"] >= 3
+    assert all(gold in notes for notes in notes_seen[1:]) and gold in result.answer.text

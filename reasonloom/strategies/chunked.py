@@ -9,8 +9,9 @@
 The document is cut by TOKENS with a true overlap, and every token lands in a chunk (the
 reference code cuts by characters and never reads the last ~(n-1)*2048 characters). Workers
 copy the words that answer the question or say NOT FOUND; a report that quotes nothing of its
-part is not evidence and is not shown to the manager, nor written into the notes
-(chunked_prompts.py says why a weak model needs this).
+part is not evidence and is not shown to the manager, nor written into the notes; the
+parallel manager reads the part's own sentence or record a report quoted from
+(chunked_evidence.py says why a weak model needs this).
 
 Example (a scripted backend cannot tokenize, so 3-character units stand in for tokens):
     >>> import asyncio
@@ -40,9 +41,10 @@ from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.roles import Role
 from reasonloom.orchestrator.types import (Answer, Candidate, Candidates, FrozenModel, Message,
                                            Problem)
-from reasonloom.strategies.chunked_prompts import (Evidence, ground_report, manager_messages,
-                                                   mentions_the_question, relevant_sentences,
-                                                   repair_words, says_not_found, words,
+from reasonloom.strategies.chunked_evidence import (Evidence, ground_report,
+                                                    mentions_the_question, relevant_sentences,
+                                                    repair_words, words)
+from reasonloom.strategies.chunked_prompts import (manager_messages, says_not_found,
                                                    worker_messages)
 
 # Chat-template tokens per message (role markers, separators); the runtime's budget estimate
@@ -95,6 +97,11 @@ class ChunkedConfig(FrozenModel):
     # notes as they were. Turn off for tasks whose reports compute rather than quote (counts,
     # sums, summaries).
     verify_evidence: bool = True
+    # Parallel mode with verify_evidence: the manager reads the part's own sentence or record
+    # that a report quoted from, not the report: a weak worker copies a fragment (a value
+    # without its key) that only its source sentence explains. (Chain-of-Agents notes stay the
+    # workers' own words: they accumulate what earlier parts said.)
+    show_sources: bool = True
     stream_answer: bool = False                 # stream the manager's answer to the caller
 
     @model_validator(mode="after")
@@ -262,7 +269,11 @@ def short_answer(text: str) -> str | None:
 def judge(report: str, sources: Sequence[str], question: str, cfg: ChunkedConfig) -> Evidence:
     """Is this report evidence? Without verification: anything but "not found"."""
     if cfg.verify_evidence:
-        return ground_report(report, sources, question)
+        evidence = ground_report(report, sources, question)
+        if (cfg.show_sources and cfg.mode == "parallel" and evidence.grounded
+                and evidence.source):
+            return evidence.model_copy(update={"text": evidence.source})
+        return evidence
     found = not says_not_found(report)
     return Evidence(text=report.strip(), grounded=found, reason="report" if found else
                     "not found")
@@ -333,8 +344,10 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
             reports.append(await read(i, notes))
             evidence.append(judge(reports[-1], [doc.texts[i], notes or ""], question, cfg))
             # "Not found" or an unverified report would erase what earlier workers found:
-            # the notes change only when a worker brings evidence.
-            if evidence[-1].grounded:
+            # the notes change only when a worker brings evidence, and notes that mention what
+            # the question asks about are not replaced by evidence that does not.
+            if evidence[-1].grounded and (mentions_the_question(evidence[-1].text, question)
+                                          or not mentions_the_question(notes or "", question)):
                 notes, last = evidence[-1].text, i
         shown = [(last, notes)] if notes else []
     if cfg.verify_evidence:

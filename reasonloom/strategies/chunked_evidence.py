@@ -1,0 +1,173 @@
+"""Is a worker's report evidence from its part, or something it made up? And what of it should
+the manager read?
+
+Workers are asked to copy the words of their part that answer the question, or to say NOT
+FOUND. A weak model does neither reliably (SmolLM2-135M never says NOT FOUND on key-value
+retrieval; it repeats the question's key or invents an identifier of the right shape, often
+stitched from pieces of real ones), so a report is kept as evidence only if it quotes
+something of its part that the question did not already say, and every number or code in it
+occurs in the part. A near-verbatim copy of a long code (an identifier copied with a few
+characters wrong) is replaced by the part's exact word.
+"""
+from __future__ import annotations
+
+import math
+import re
+from difflib import SequenceMatcher
+from typing import Sequence
+
+from pydantic import BaseModel
+
+from reasonloom.strategies.chunked_prompts import says_not_found
+
+# Words: runs between spaces, quotes, brackets and list punctuation, without sentence marks at
+# their ends; hyphens, dots and slashes stay inside (codes, numbers, dates, paths).
+_WORD = re.compile(r"[^\s\"'`\u201c\u201d\u2018\u2019,;:()\[\]{}<>|]+")
+# Words that carry no evidence even when the part happens to contain them.
+_COMMON = frozenset(
+    "a an the and or but if of in on at to for from by with as is are was were be been it its "
+    "this that these those there here not no yes answer question part text document notes "
+    "value found copy words reply says said".split())
+# Only long words with a digit (codes, identifiers) are repaired: never "1932", never prose.
+REPAIR_MIN_CHARS = 8
+REPAIR_MIN_SHARE = 0.5     # ... and only when at least half of the word was copied in one run
+
+
+def words(text: str) -> list[str]:
+    found = (w.strip(".!?*") for w in _WORD.findall(text))
+    return [w for w in found if w]
+
+
+def nearest_word(word: str, vocabulary: Sequence[str]) -> str | None:
+    """The source word sharing the longest run of characters with `word` (a copy that went
+    wrong part-way), if that run is at least half of it."""
+    if len(word) < REPAIR_MIN_CHARS or not any(c.isdigit() for c in word):
+        return None
+    need = max(4, math.ceil(REPAIR_MIN_SHARE * len(word)))
+    best, best_run = None, need - 1
+    low = word.lower()
+    for candidate in vocabulary:
+        if len(candidate) < need:
+            continue
+        match = SequenceMatcher(None, low, candidate.lower(), autojunk=False)
+        run = match.find_longest_match(0, len(low), 0, len(candidate)).size
+        if run > best_run:
+            best, best_run = candidate, run
+    return best
+
+
+class Evidence(BaseModel):
+    """A report read against its sources: `text` is the report with near-verbatim words
+    replaced by the sources' exact words; `grounded` says whether it is evidence at all."""
+
+    text: str
+    grounded: bool
+    reason: str                              # why not grounded, or "quoted"
+    repaired: list[tuple[str, str]] = []     # (as written, as in the source)
+    source: str = ""                         # the sources' own segments the quote comes from
+
+
+def _vocabulary(sources: Sequence[str]) -> dict[str, str]:
+    vocabulary: dict[str, str] = {}
+    for source in sources:
+        for w in words(source):
+            vocabulary.setdefault(w.lower(), w)
+    return vocabulary
+
+
+def repair_words(text: str, sources: Sequence[str], keep: set[str] | None = None
+                 ) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """Replace each long word of `text` absent from the sources (and from `keep`) by its
+    nearest source word. Returns (text, repairs, words still unsupported)."""
+    vocabulary = _vocabulary(sources)
+    keep = keep or set()
+    repairs: list[tuple[str, str]] = []
+    missing: list[str] = []
+    for w in dict.fromkeys(words(text)):        # each distinct word once, in order
+        if w.lower() in vocabulary or w.lower() in keep:
+            continue
+        match = nearest_word(w, list(vocabulary.values()))
+        if match is None:
+            missing.append(w)
+        else:
+            repairs.append((w, match))
+            text = re.sub(rf"(?<![\w-]){re.escape(w)}(?![\w-])", lambda _m: match, text)
+    return text, repairs, missing
+
+
+def ground_report(report: str, sources: Sequence[str], question: str) -> Evidence:
+    """Evidence = the report quotes at least one specific word of its sources that the
+    question did not already contain, and every word with a digit in it (numbers, dates,
+    codes) occurs in the sources, after repairing near-verbatim copies."""
+    if says_not_found(report):
+        return Evidence(text=report.strip(), grounded=False, reason="not found")
+    asked = {w.lower() for w in words(question)}
+    new = [w for w in words(report) if w.lower() not in asked]
+    if not any(w.lower() not in _COMMON for w in new):
+        return Evidence(text=report.strip(), grounded=False, reason="repeats the question")
+    text, repairs, missing = repair_words(report.strip(), sources, keep=asked)
+    invented = [w for w in missing if any(c.isdigit() for c in w)]
+    if invented:
+        return Evidence(text=text, grounded=False, repaired=repairs,
+                        reason=f"not in its part: {invented[0]}")
+    vocabulary = _vocabulary(sources)
+    quoted = [w for w in words(text) if w.lower() not in asked and w.lower() not in _COMMON
+              and w.lower() in vocabulary]
+    if not quoted:
+        return Evidence(text=text, grounded=False, repaired=repairs,
+                        reason="quotes nothing of its part")
+    return Evidence(text=text, grounded=True, repaired=repairs, reason="quoted",
+                    source=" ".join(source_segments(text, sources)))
+
+
+_QUESTION_WORDS = frozenset("what who whom whose which when where why how do does did can "
+                            "could would should please tell give find extract".split())
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# A sentence longer than this is also cut after its commas and semicolons: a JSON or CSV line,
+# a run-on sentence. The evidence should be the record or clause, not the whole paragraph.
+SEGMENT_MAX_CHARS = 120
+_CLAUSE_END = re.compile(r"(?<=[,;])\s+")
+# At most this many segments per report (ties in the number of quoted words).
+MAX_SOURCE_SEGMENTS = 3
+
+
+def segments(text: str) -> list[str]:
+    """Sentences, and the records or clauses of sentences over SEGMENT_MAX_CHARS."""
+    out: list[str] = []
+    for sentence in _SENTENCE_END.split(text):
+        sentence = sentence.strip()
+        if len(sentence) > SEGMENT_MAX_CHARS:
+            out.extend(c.strip() for c in _CLAUSE_END.split(sentence) if c.strip())
+        elif sentence:
+            out.append(sentence)
+    return out
+
+
+def source_segments(quote: str, sources: Sequence[str]) -> list[str]:
+    """The segments of the sources that hold the most of the quote's specific words, in order:
+    where in its part the worker copied from. A weak worker's report is a fragment (a value
+    without its key, a name without its role); its source segment says what the fragment is,
+    and a manager reads that better than the fragment."""
+    quoted = {w.lower() for w in words(quote)} - _COMMON
+    scored = [(len(quoted & {w.lower() for w in words(seg)}), seg)
+              for source in sources for seg in segments(source)]
+    best = max((n for n, _ in scored), default=0)
+    if best == 0:
+        return []
+    return list(dict.fromkeys(seg for n, seg in scored if n == best))[:MAX_SOURCE_SEGMENTS]
+
+
+def mentions_the_question(report: str, question: str) -> bool:
+    """The report shares a specific word with the question: "the secret code is 4898" for
+    "What is the secret code?", a record holding the asked key."""
+    asked = {w.lower() for w in words(question)} - _COMMON - _QUESTION_WORDS
+    return any(w.lower() in asked for w in words(report))
+
+
+def relevant_sentences(report: str, question: str) -> str:
+    """The report's sentences that mention what the question asks about (all of them when
+    none does): a weak worker pads its quote with neighbouring sentences, and a weak manager
+    may copy the padding."""
+    sentences = [s for s in _SENTENCE_END.split(report) if s.strip()]
+    kept = [s.strip() for s in sentences if mentions_the_question(s, question)]
+    return " ".join(kept) if kept else report
