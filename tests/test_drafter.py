@@ -195,7 +195,8 @@ def test_acceptance_is_counted_from_verified_tokens(n_samples):
 
 
 def test_drafts_that_keep_failing_are_held_back():
-    cfg = DrafterConfig(k=4, short_len=0, long_len=0, min_share=0.0, explore_every=8)
+    cfg = DrafterConfig(k=4, short_len=0, long_len=0, min_share=0.0, explore_every=8,
+                        min_accept=0.2)
     drafter = HistoryDrafter(cfg)
     prompt = [1, 2, 3]
     drafted = []

@@ -52,9 +52,12 @@ class DrafterConfig:
     match_factor: float = 2.0     # a draft is at most this many times the matched length
     max_occurrences: int = 64     # most recent occurrences of an n-gram that vote
     max_problems: int = 64        # problems kept (least recently used evicted)
-    min_accept: float = 0.2       # draft a token only while its estimated chance of being
+    min_accept: float = 0.0       # draft a token only while its estimated chance of being
     #                               accepted (cumulative along the draft) is at least this:
-    #                               what verifying one more token costs, relative to a step
+    #                               what verifying one more token costs, relative to a row's
+    #                               share of a step. 0 = off: on the 2-core CPU a draft token
+    #                               costs ~1 ms against 8-20 ms a row-step, and replays on
+    #                               tuning questions lost with any gate (benchmarks/accel.py)
     prior_accept: float = 0.8     # acceptance assumed before anything is measured ...
     prior_weight: float = 4.0     # ... worth this many observed draft tokens
     explore_every: int = 16       # a gated-off draft still goes out once in this many, so
@@ -222,14 +225,16 @@ class _Row:
     problem: ProblemHistory
     sid: int
     n: int                 # context length (prompt + verified output) at the last step
-    last: int              # the token at position n - 1
+    last: tuple[int, ...]  # the tokens just before position n (siblings of one problem share
+    #                        the head and often the length: one last token confused them)
     head: tuple[int, ...]  # the first tokens of the prompt
     output: int = 0        # output tokens so far
 
     def continues(self, context: np.ndarray, new: int) -> bool:
         """Whether `context` is this row's request, `new` verified tokens later."""
         n = len(context)
-        return (n - new == self.n and n >= self.n and int(context[self.n - 1]) == self.last
+        return (n - new == self.n and n >= self.n
+                and tuple(context[self.n - len(self.last):self.n].tolist()) == self.last
                 and tuple(context[:len(self.head)].tolist()) == self.head)
 
 
@@ -329,7 +334,7 @@ class HistoryDrafter:
         problem = self.problem_for(context[:prompt_len])
         output = context[prompt_len:].tolist()
         sid = problem.start_sample(output)
-        return _Row(problem=problem, sid=sid, n=len(context), last=int(context[-1]),
+        return _Row(problem=problem, sid=sid, n=len(context), last=_last(context),
                     head=tuple(context[:8].tolist()), output=len(output))
 
     def _advance(self, row: _Row, context: np.ndarray) -> None:
@@ -343,4 +348,8 @@ class HistoryDrafter:
                 problem.acceptance.record(lengths, accepted)
             row.problem.extend_sample(row.sid, context[row.n:n].tolist())
             row.output += n - row.n
-            row.n, row.last = n, int(context[-1])
+            row.n, row.last = n, _last(context)
+
+
+def _last(context: np.ndarray) -> tuple[int, ...]:
+    return tuple(context[-8:].tolist())

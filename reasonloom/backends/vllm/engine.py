@@ -55,6 +55,7 @@ class SpeculativeSpec(BaseModel):
     max_match: int | None = Field(None, ge=1)
     min_share: float | None = Field(None, ge=0, le=1)
     match_factor: float | None = Field(None, gt=0)
+    min_accept: float | None = Field(None, ge=0, le=1)
 
     @classmethod
     def parse(cls, value: "str | dict[str, Any] | SpeculativeSpec | None") -> "SpeculativeSpec":
