@@ -450,3 +450,16 @@ def test_sequential_notes_that_answer_the_question_are_not_replaced_by_ones_that
                              problem, _roles(ScriptedBackend(reader))))
     assert result.answer.details["workers"] >= 3
     assert all(gold in notes for notes in notes_seen[1:]) and gold in result.answer.text
+
+
+def test_a_report_repeating_the_asked_key_points_at_its_record_only_where_the_part_holds_it():
+    question = f'What is the value of key "{KEY}"?'
+    echo = f"The value associated with the specified key is: {KEY}"
+    holding = ground_report(echo, [_json_line([KEYS[0], KEY, KEYS[1], KEYS[2]])], question)
+    assert holding.grounded and holding.reason == "points at the asked code"
+    assert holding.text == holding.source == f'"{KEY}": "{GOLD}",'
+    elsewhere = ground_report(echo, [_json_line(KEYS)], question)
+    assert not elsewhere.grounded and elsewhere.reason == "quotes nothing of its part"
+    # prose words of the question are no pointer: only codes nobody writes by chance
+    assert not ground_report("the secret code", ["The secret code is 4898."],
+                             "What is the secret code?").grounded

@@ -98,13 +98,14 @@ def repair_words(text: str, sources: Sequence[str], keep: set[str] | None = None
 def ground_report(report: str, sources: Sequence[str], question: str) -> Evidence:
     """Evidence = the report quotes at least one specific word of its sources that the
     question did not already contain, and every word with a digit in it (numbers, dates,
-    codes) occurs in the sources, after repairing near-verbatim copies."""
+    codes) occurs in the sources, after repairing near-verbatim copies; or it points at a
+    code of the question that its part holds (pointed_at)."""
     if says_not_found(report):
         return Evidence(text=report.strip(), grounded=False, reason="not found")
     asked = {w.lower() for w in words(question)}
     new = [w for w in words(report) if w.lower() not in asked]
     if not any(w.lower() not in _COMMON for w in new):
-        return Evidence(text=report.strip(), grounded=False, reason="repeats the question")
+        return pointed_at(report, sources, asked, "repeats the question")
     text, repairs, missing = repair_words(report.strip(), sources, keep=asked)
     invented = [w for w in missing if any(c.isdigit() for c in w)]
     if invented:
@@ -114,10 +115,31 @@ def ground_report(report: str, sources: Sequence[str], question: str) -> Evidenc
     quoted = [w for w in words(text) if w.lower() not in asked and w.lower() not in _COMMON
               and w.lower() in vocabulary]
     if not quoted:
-        return Evidence(text=text, grounded=False, repaired=repairs,
-                        reason="quotes nothing of its part")
+        return pointed_at(text, sources, asked, "quotes nothing of its part")
     return Evidence(text=text, grounded=True, repaired=repairs, reason="quoted",
                     source=" ".join(source_segments(text, sources)))
+
+
+def is_code(word: str) -> bool:
+    """An identifier, a long number, a date: a word nobody writes by chance."""
+    return len(word) >= REPAIR_MIN_CHARS and any(c.isdigit() for c in word)
+
+
+def pointed_at(report: str, sources: Sequence[str], asked: set[str], otherwise: str
+               ) -> Evidence:
+    """A report that only repeats the question is no evidence, unless it repeats a code of the
+    question (the asked key, an order number) that stands in its part: then it points at the
+    record holding it, and that record is the evidence. (SmolLM2-135M, asked for a key's value,
+    writes the key itself about a third of the time, in every part; only the part that holds
+    the key turns this into evidence.)"""
+    vocabulary = _vocabulary(sources)
+    codes = [w for w in words(report) if is_code(w) and w.lower() in asked
+             and w.lower() in vocabulary]
+    found = source_segments(" ".join(codes), sources) if codes else []
+    if not found:
+        return Evidence(text=report.strip(), grounded=False, reason=otherwise)
+    return Evidence(text=" ".join(found), grounded=True, reason="points at the asked code",
+                    source=" ".join(found))
 
 
 _QUESTION_WORDS = frozenset("what who whom whose which when where why how do does did can "
