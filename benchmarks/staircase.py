@@ -38,7 +38,8 @@ from reasonloom.orchestrator.types import Candidate, FrozenModel, Problem  # noq
 
 TEMPERATURES = (0.6, 0.8, 1.0)   # three proposers = three samplings of the one embedded model
 # Block size 32 (CPU default 128): the prefix cache reuses whole blocks only, and the shared
-# prefix of a re-prompt (system + question + first response) is a few hundred tokens.
+# prefix of a re-prompt (standing instruction + question + first response) is a few hundred
+# tokens; the standing instruction alone (~130 tokens with the chat header) is 4 blocks.
 # Eager: torch.compile of the CPU engine takes 5-10 minutes on a busy 2-core machine.
 ENGINE = {"max_model_len": 4096, "block_size": 32, "enforce_eager": True}
 # The verifiers' pointwise judge asks "Is the proposed solution correct?"; this system message
@@ -140,11 +141,16 @@ async def run_one(mode: str, question: dict, seed: int, roles, args) -> dict[str
 
     problem = Problem.from_text(question["question"], id=question["id"])
     timeline: list[tuple[str, float]] = []   # answer deltas and aggregator segment starts
+    first_agg: dict[str, int] = {}   # the aggregator's first call: prompt and cached tokens
 
     def watch(event) -> None:
         if event.kind == "moa_segment" or (event.kind == "token_delta"
                                            and event.data.get("answer")):
             timeline.append((event.kind, event.t))
+        elif (event.kind == "call_finished" and event.data.get("role") == "aggregator"
+              and not first_agg):
+            first_agg.update(prompt=event.data["prompt_tokens"],
+                             cached=event.data.get("cached_prompt_tokens") or 0)
 
     result = await run(moa_graph(mode, args), problem, roles, seed=seed, subscribers=[watch])
     total = result.usage.total
@@ -156,6 +162,8 @@ async def run_one(mode: str, question: dict, seed: int, roles, args) -> dict[str
             "reprompts": details["reprompts"], "aggregator_calls": details["aggregator_calls"],
             "final_prompt_saw_full_proposals": details["final_prompt_saw_full_proposals"],
             "aggregator_started_s": details.get("aggregator_started_s"),
+            "first_aggregator_prompt_tokens": first_agg.get("prompt"),
+            "first_aggregator_cached_tokens": first_agg.get("cached"),
             **answer_gaps(timeline),
             "answer": result.answer.text,
             "proposal_tokens": [c.usage.completion_tokens for c in result.answer.candidates],
@@ -276,6 +284,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "judge_score_staircase": statistics.fmean(b for _, b in pairs) if pairs else None,
         "judge_diff": diff, "judge_diff_ci95": [lo, hi], "judge_pairs": len(pairs),
         "proposals_identical_across_modes": same / len(questions),
+        "ttft_breakdown": ttft_breakdown(rows),
         "modes": summary, "engine_start_s": engine_start_s,
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "cpu_count": os.cpu_count(),
@@ -285,9 +294,34 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                                        "proposal_tokens", "reprompt_gap_s")},
                           "staircase_aggregator_started_s":
                               rows["staircase"][i]["aggregator_started_s"],
+                          "first_mode": "vanilla" if i % 2 == 0 else "staircase",
+                          **{f"{m}_first_aggregator_{k}_tokens":
+                             rows[m][i][f"first_aggregator_{k}_tokens"]
+                             for m in rows for k in ("prompt", "cached")},
                           "judge_vanilla": scores["vanilla"][i],
                           "judge_staircase": scores["staircase"][i]}
                          for i, q in enumerate(questions)],
+    }
+
+
+def ttft_breakdown(rows: dict[str, list[dict]]) -> dict[str, Any]:
+    """Where the staircase's first answer token waits: for every proposer's first chunk
+    (node start to the aggregator's first call), then for the aggregator's first call (its
+    prefill, behind the engine step in flight, plus the run's start-up). With the prompts'
+    first-call sizes. The same question runs in both modes one after the other (which mode
+    first alternates), so the second mode's aggregator finds the question's blocks in the
+    prefix cache: the staircase's TTFT is split by which mode ran first to show that effect."""
+    s = rows["staircase"]
+    med = statistics.median
+    return {
+        "staircase_first_chunks_median_s": med(r["aggregator_started_s"] for r in s),
+        "staircase_aggregator_to_first_token_median_s": med(r["ttft_s"] - r["aggregator_started_s"]
+                                                            for r in s),
+        **{f"{m}_first_aggregator_{k}_tokens_median":
+           med(r[f"first_aggregator_{k}_tokens"] or 0 for r in rs)
+           for m, rs in rows.items() for k in ("prompt", "cached")},
+        "staircase_ttft_median_s_when_run_first": med(r["ttft_s"] for r in s[1::2]),
+        "staircase_ttft_median_s_when_run_second": med(r["ttft_s"] for r in s[0::2]),
     }
 
 
@@ -312,6 +346,13 @@ def print_table(out: dict[str, Any]) -> None:
     if None not in gaps:
         print(f"staircase: answer tokens every {gaps[0]:.3f}s inside a segment, a "
               f"{gaps[1]:.3f}s gap at each re-prompt")
+    b = out["ttft_breakdown"]
+    print(f"staircase TTFT: {b['staircase_first_chunks_median_s']:.3f}s to every first chunk + "
+          f"{b['staircase_aggregator_to_first_token_median_s']:.3f}s to the aggregator's first "
+          f"token (its first prompt {b['staircase_first_aggregator_prompt_tokens_median']:.0f} "
+          f"tokens, {b['staircase_first_aggregator_cached_tokens_median']:.0f} cached); median "
+          f"{b['staircase_ttft_median_s_when_run_first']:.3f}s when it ran first on a question, "
+          f"{b['staircase_ttft_median_s_when_run_second']:.3f}s when second")
     judge_v, judge_s = out["judge_score_vanilla"], out["judge_score_staircase"]
     if judge_v is not None:
         print(f"{'judge P(correct) (mean)':28}{judge_v:12.3f}{judge_s:12.3f}")

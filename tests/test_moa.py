@@ -176,6 +176,25 @@ def test_the_board_counts_the_engines_tokens_and_recounts_text_when_a_piece_lack
     assert board.snapshot().tokens == (4, 4)
 
 
+def test_aggregator_prompts_share_the_standing_instruction_across_requests_and_calls():
+    """The prefix cache serves what prompts have in common, from their start: the standing
+    instruction (every request), then the request and the responses before the first that
+    grew (the re-prompts of one request). Only the short cue follows the responses."""
+    from reasonloom.orchestrator.types import Problem
+    from reasonloom.strategies.moa import AGGREGATE_CUE, aggregator_messages
+
+    def body(question: str, proposals: list[str]) -> str:
+        return aggregator_messages(Problem.from_text(question), proposals, None)[-1].content
+
+    one, two = body("Name a metal.", ["Copper", "Iron"]), body("Why is the sky blue?", ["Air"])
+    assert one.startswith(AGGREGATE_INSTRUCTION) and two.startswith(AGGREGATE_INSTRUCTION)
+    first, later = body("Name a metal.", ["Cop", "Ir"]), body("Name a metal.", ["Copper", "Ir"])
+    before_growth = first[:first.index("Cop")]   # instruction, request, response header
+    assert later.startswith(before_growth + "Cop")
+    assert first.index("Name a metal.") < first.index(f"{RESPONSE_LABEL} 1")
+    assert first.endswith(AGGREGATE_CUE) and one.endswith(AGGREGATE_CUE)
+
+
 # -- vanilla ------------------------------------------------------------------------------------
 def test_vanilla_aggregator_starts_after_all_proposers_and_sees_them_complete():
     backend = PacedBackend(proposal_words=40)

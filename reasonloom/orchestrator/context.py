@@ -137,6 +137,7 @@ class RunContext:
         if self.state.events.active:
             self.state.events.emit("call_finished", self.node, role=role.name, call_kind=kind,
                                    ok=rec.ok, prompt_tokens=rec.prompt_tokens,
+                                   cached_prompt_tokens=rec.cached_prompt_tokens,
                                    completion_tokens=rec.completion_tokens,
                                    cost_usd=rec.cost_usd, cache_hit=rec.cache_hit,
                                    served_by=rec.served_by)

@@ -43,13 +43,20 @@ from reasonloom.strategies.prompts import DEFAULT_SYSTEM, problem_messages, with
 from reasonloom.verifiers.answers import extract_answer
 
 # Our wording of the aggregate-and-synthesize idea: judge the responses, do not copy them.
+# It is the same for every request and goes first, before the request (as the reference code
+# puts it in the system message): the engine's prefix cache then serves it to every aggregator
+# call of every request, and a re-prompt recomputes only the responses from the first one
+# that grew, plus the short cue. It also covers drafts cut off mid-way, which both modes see
+# (vanilla's proposals stop at max_tokens, the staircase's partial ones mid-sentence).
 AGGREGATE_INSTRUCTION = (
-    "Above are responses that several assistants wrote to this request. Treat them as drafts, "
-    "not as authorities: some may be wrong, biased or incomplete. Check each one, keep what is "
-    "correct and useful, fix or leave out the rest, and write a single response of your own "
-    "that is accurate, complete and clearly organised. Do not mention the drafts.")
-PARTIAL_NOTE = (" Some drafts are still being written and stop mid-way: use what they say so "
-                "far and do not imitate their cut-off endings.")
+    "Below are a user's request and responses that several assistants wrote to it. Treat the "
+    "responses as drafts, not as authorities: some may be wrong, biased or incomplete, and a "
+    "draft that stops mid-way is unfinished (use what it says, do not imitate its cut-off "
+    "ending). Check each one, keep what is correct and useful, fix or leave out the rest, and "
+    "write a single response of your own that is accurate, complete and clearly organised. "
+    "Do not mention the drafts.")
+AGGREGATE_CUE = "Now write your response to the request."   # last: recomputed by every call
+REQUEST_TITLE = "Request"
 REFINE_INSTRUCTION = (
     "Above are responses that other assistants wrote to this request. Use them as references: "
     "check them critically, then write your own best response to the request.")
@@ -99,11 +106,12 @@ def proposer_messages(problem: Problem, references: Sequence[str],
     return with_candidates(problem, references, REFINE_INSTRUCTION, RESPONSE_LABEL, system)
 
 
-def aggregator_messages(problem: Problem, proposals: Sequence[str], system: str | None,
-                        partial: bool = False) -> tuple[Message, ...]:
-    """The note on partial drafts goes last, after the responses, where it costs no cache."""
-    instruction = AGGREGATE_INSTRUCTION + (PARTIAL_NOTE if partial else "")
-    return with_candidates(problem, proposals, instruction, RESPONSE_LABEL, system)
+def aggregator_messages(problem: Problem, proposals: Sequence[str], system: str | None
+                        ) -> tuple[Message, ...]:
+    """Standing instruction, request, responses, cue: the same layout for partial and complete
+    responses and in both modes (the modes differ only in when the aggregator is called)."""
+    return with_candidates(problem, proposals, AGGREGATE_CUE, RESPONSE_LABEL, system,
+                           preamble=AGGREGATE_INSTRUCTION, question_title=REQUEST_TITLE)
 
 
 # -- proposers ---------------------------------------------------------------------------------
@@ -165,7 +173,7 @@ async def aggregate_staircase(problem: Problem, references: Sequence[str], cfg: 
              for i, (key, spec, details) in enumerate(jobs)]
 
     def messages_for(shown: Snapshot) -> tuple[Message, ...]:
-        return aggregator_messages(problem, shown.texts, cfg.system, partial=not shown.complete)
+        return aggregator_messages(problem, shown.texts, cfg.system)
 
     try:
         result = await staircase_aggregate(

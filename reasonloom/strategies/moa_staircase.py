@@ -13,9 +13,11 @@ text so far (continued through `assistant_prefix`, so nothing the caller saw is 
         end after a segment whose prompt held the complete proposals
 
 Each call is an ordinary `ctx.stream(..., answer=True)`, so every re-prompt is in the ledger.
-Prompts keep the responses in a fixed order after the shared system + question, so the
-engine's prefix cache serves the system, the question and every response up to the first
-one that grew.
+Prompts (moa.aggregator_messages) put the standing aggregation instruction first, then the
+question, then the responses in a fixed order, then a short cue: the engine's prefix cache
+serves the instruction to every call of every request, and a re-prompt the question and every
+response up to the first one that grew. The first call, which decides the time to the first
+answer token, prefills only the question, the first chunks and the cue.
 """
 from __future__ import annotations
 
@@ -44,14 +46,15 @@ class StaircaseSchedule(FrozenModel):
     at the same rate, so a 32-token segment brings ~32 new tokens per running proposer: every
     boundary re-prompts with about one fresh chunk, ~(proposal - first chunk) / 32 re-prompts
     per answer (5 for 192-token proposals). A re-prompt costs one prefill of the prompt from
-    the first response that grew onwards (the system, the question and the responses before
-    it are prefix-cache hits), which the caller sees as one longer gap between answer tokens
-    (benchmarks/staircase.py reports it). Shorter segments pay that gap more often; longer
+    the first response that grew onwards (the standing instruction, the question and the
+    responses before it are prefix-cache hits), which the caller sees as one longer gap
+    between answer tokens (benchmarks/staircase.py reports it). Shorter segments pay that gap more often; longer
     ones let the aggregator write longer on stale partial proposals. A boundary with less than
     `chunk_tokens` new text continues the same prompt instead (a redundant re-prompt would
     buy a prefill for almost no new evidence).
     `first_chunk_tokens` (32; never below 16) sets the time to the first answer token: about
-    the time the proposers need for that many tokens, plus one aggregator prefill.
+    the time the proposers need for that many tokens, plus one aggregator prefill (of the
+    question, the first chunks and the cue: the instruction before them is cached).
     """
 
     first_chunk_tokens: int = 32   # every proposer's first chunk before the aggregator starts

@@ -33,27 +33,39 @@ def problem_messages(problem: Problem, system: str | None = DEFAULT_SYSTEM) -> t
 
 
 def with_sections(problem: Problem, sections: Sequence[tuple[str, str]], instruction: str,
-                  system: str | None = DEFAULT_SYSTEM, shaping: bool | None = None
+                  system: str | None = DEFAULT_SYSTEM, shaping: bool | None = None,
+                  preamble: str | None = None, question_title: str | None = None
                   ) -> tuple[Message, ...]:
     """Problem, then titled texts ("### Title\\ntext"), then the instruction that differs per
     call. Shaping off: the texts come first, then the problem (nothing past the chat header
-    is shared between calls that show different texts)."""
+    is shared between calls that show different texts).
+
+    `preamble`: a text that is the same for every problem (a strategy's standing instruction),
+    put before the problem so that it is a prefix-cache hit across problems, not only across
+    the calls of one problem; `question_title` then titles the problem like the texts. Shaping
+    off puts it after the problem, with the instruction."""
     base = problem_messages(problem, system)
     shown = "\n\n".join(f"### {title}\n{text.strip()}" for title, text in sections)
     question = base[-1].content if base[-1].role == "user" else problem.question
+    if question_title:
+        question = f"### {question_title}\n{question}"
     if shaping_on(shaping):
-        body = f"{question}\n\n{shown}\n\n{instruction}"
+        head = f"{preamble}\n\n{question}" if preamble else question
+        body = f"{head}\n\n{shown}\n\n{instruction}"
     else:
-        body = f"{shown}\n\n{question}\n\n{instruction}"
+        tail = f"{preamble}\n\n{instruction}" if preamble else instruction
+        body = f"{shown}\n\n{question}\n\n{tail}"
     return (*base[:-1], Message(role="user", content=body))
 
 
 def with_candidates(problem: Problem, candidates: Sequence[str], instruction: str,
                     label: str = "Solution", system: str | None = DEFAULT_SYSTEM,
-                    shaping: bool | None = None) -> tuple[Message, ...]:
-    """Problem, then numbered candidate texts, then the instruction that differs per call."""
+                    shaping: bool | None = None, preamble: str | None = None,
+                    question_title: str | None = None) -> tuple[Message, ...]:
+    """Problem, then numbered candidate texts, then the instruction that differs per call
+    (a standing `preamble` goes first: see `with_sections`)."""
     return with_sections(problem, [(f"{label} {i + 1}", text) for i, text in enumerate(candidates)],
-                         instruction, system, shaping)
+                         instruction, system, shaping, preamble, question_title)
 
 
 def canonical_order(members: Sequence[T], shaping: bool | None = None) -> list[T]:
