@@ -174,7 +174,13 @@ async def run_arm(arm: str, backend: VLLMBackend, items: list[dict], window: int
                     "evidence_shown": len(shown),
                     "gold_in_evidence": any(item["answer"] in e for e in shown),
                     "gold_in_any_report": any(item["answer"] in c.text
-                                              for c in answer.candidates)})
+                                              for c in answer.candidates),
+                    # the manager was shown a record only because a report repeated the asked
+                    # key and its part held it (chunked_evidence.pointed_at)
+                    "gold_via_pointer": any(item["answer"] in c.details["evidence"] and
+                                            c.details["verdict"] == "points at the asked code"
+                                            for c in (answer.candidates[i]
+                                                      for i in details["shown"]))})
             return row
 
     return list(await asyncio.gather(*(one(item) for item in items)))
@@ -192,7 +198,7 @@ def summarize(rows: list[dict]) -> dict:
     if "gold_in_evidence" in done[0]:
         out.update({key: mean(r[key] for r in done) for key in
                     ("correct_unrepaired", "evidence_shown", "gold_in_evidence",
-                     "gold_in_any_report")})
+                     "gold_in_any_report", "gold_via_pointer")})
     return out
 
 
@@ -261,11 +267,12 @@ def table(summary: dict, doc_tokens: dict) -> None:
             rows.append((f"kv_{length}", doc_tokens[length], arm, s["n"],
                          "n/a" if s["acc"] is None else f"{s['acc']:.2f}",
                          f("correct_unrepaired", ".2f"), f("gold_in_evidence", ".2f"),
+                         f("gold_via_pointer", ".2f"),
                          f("evidence_shown", ".1f"), f("workers", ".1f"), f("tokens", ".0f"),
                          f("wall_s", ".1f"), f("arm_s_per_item", ".1f")))
     print_table(rows, ("set", "doc tokens", "arm", "n", "acc", "acc unrepaired",
-                       "gold in evidence", "evidence shown", "workers", "tokens/item",
-                       "wall s/item", "arm s/item"))
+                       "gold in evidence", "via pointer", "evidence shown", "workers",
+                       "tokens/item", "wall s/item", "arm s/item"))
 
 
 def main() -> None:
@@ -330,7 +337,9 @@ def main() -> None:
         "grading": "gold value is a substring of the answer; copied_a_value = the answer "
                    "holds some key's value from the document; correct_unrepaired = the "
                    "manager's own text, before its garbled copies are repaired against the "
-                   "evidence it was shown; gold_in_evidence = the manager was shown the gold",
+                   "evidence it was shown; gold_in_evidence = the manager was shown the gold; "
+                   "gold_via_pointer = ... in a record shown because a report repeated the "
+                   "asked key and its part held it (not because it copied the value)",
         "doc_tokens": doc_tokens, "wall_s": round(wall, 1), "timings": timings}
     for arm in ARMS:
         for length in data:
