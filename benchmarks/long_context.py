@@ -9,7 +9,9 @@ The model is served with max_model_len=2048 (its native window is 8192), so kv_2
   single8192  a second engine at the native 8192 window, only for items that fit it
 Chunked arms use CHUNK_TOKENS-token chunks (not the largest that fits 2048: see CHUNK_TOKENS)
 with the node's defaults otherwise: workers quote or say NOT FOUND, reports that quote nothing
-of their part are not shown to the manager, near-verbatim copies are repaired.
+of their part are not shown to the manager, near-verbatim copies are repaired, the parallel
+manager reads the record a report quoted from, and a report that repeats the asked key points
+at its record where its part holds it (`gold_via_pointer` counts the answers shown that way).
 Items are spread evenly over each file (the files are ordered by the key's position), graded
 as correct when the gold value appears in the answer. The arms of one length run at the same
 time on the one engine, all items of an arm at once (`--concurrency`): `wall_s` per item is a
