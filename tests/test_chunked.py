@@ -463,3 +463,13 @@ def test_a_report_repeating_the_asked_key_points_at_its_record_only_where_the_pa
     # prose words of the question are no pointer: only codes nobody writes by chance
     assert not ground_report("the secret code", ["The secret code is 4898."],
                              "What is the secret code?").grounded
+
+
+def test_a_question_naming_a_code_is_mentioned_only_by_reports_naming_that_code():
+    from reasonloom.strategies.chunked_evidence import mentions_the_question
+
+    question = f'Key: "{KEY}"\nThe value associated with the specified key is:'
+    assert not mentions_the_question(f"The value associated with the specified key is {GOLD}",
+                                     question)
+    assert mentions_the_question(f'"{KEY}": "{GOLD}",', question)
+    assert mentions_the_question("The secret code is 4898.", "What is the secret code?")

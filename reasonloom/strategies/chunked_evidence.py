@@ -181,9 +181,12 @@ def source_segments(quote: str, sources: Sequence[str]) -> list[str]:
 
 def mentions_the_question(report: str, question: str) -> bool:
     """The report shares a specific word with the question: "the secret code is 4898" for
-    "What is the secret code?", a record holding the asked key."""
+    "What is the secret code?". A question that names a code (a key, an order number) is
+    about that code: the report must name it (a lead-in copied from the question, "the value
+    associated with the specified key is", says nothing)."""
     asked = {w.lower() for w in words(question)} - _COMMON - _QUESTION_WORDS
-    return any(w.lower() in asked for w in words(report))
+    codes = {w for w in asked if is_code(w)}
+    return any(w.lower() in (codes or asked) for w in words(report))
 
 
 def relevant_sentences(report: str, question: str) -> str:
