@@ -473,3 +473,23 @@ def test_a_question_naming_a_code_is_mentioned_only_by_reports_naming_that_code(
                                      question)
     assert mentions_the_question(f'"{KEY}": "{GOLD}",', question)
     assert mentions_the_question("The secret code is 4898.", "What is the secret code?")
+
+
+def test_sequential_notes_take_the_source_record_when_only_it_names_the_asked_key():
+    key, gold = KEY, GOLD
+    filler = " ".join(f"Filler sentence {i} says little." for i in range(90))
+    doc = f'{filler} {_json_line([KEYS[0], KEY, KEYS[1]])} {filler}'
+    notes_seen: list[str] = []
+
+    def reader(req, index):
+        user = req.messages[-1].content
+        if req.messages[0].content == MANAGER_SYSTEM:
+            return user.split("whole document:\n")[1].split("\n")[0]
+        notes_seen.append(user.split("Notes from the parts before:\n")[1].split("\n\n")[0])
+        part = user.split("Part ", 1)[1]
+        return f"The value is {gold}." if gold in part else "not found"
+
+    problem = Problem.from_text(f'What is the value of key "{key}"?', context=doc)
+    result = asyncio.run(run(_graph(mode="sequential", chunk_tokens=120, overlap_tokens=40),
+                             problem, _roles(ScriptedBackend(reader))))
+    assert f'"{key}": "{gold}"' in notes_seen[-1] and gold in result.answer.text

@@ -97,10 +97,11 @@ class ChunkedConfig(FrozenModel):
     # notes as they were. Turn off for tasks whose reports compute rather than quote (counts,
     # sums, summaries).
     verify_evidence: bool = True
-    # Parallel mode with verify_evidence: the manager reads the part's own sentence or record
-    # that a report quoted from, not the report: a weak worker copies a fragment (a value
-    # without its key) that only its source sentence explains. (Chain-of-Agents notes stay the
-    # workers' own words: they accumulate what earlier parts said.)
+    # With verify_evidence: the parallel manager reads the part's own sentence or record that
+    # a report quoted from, not the report: a weak worker copies a fragment (a value without
+    # its key) that only its source sentence explains. Chain-of-Agents notes stay the workers'
+    # own words (they accumulate what earlier parts said) unless only the source sentence
+    # mentions what the question asks about.
     show_sources: bool = True
     stream_answer: bool = False                 # stream the manager's answer to the caller
 
@@ -270,8 +271,9 @@ def judge(report: str, sources: Sequence[str], question: str, cfg: ChunkedConfig
     """Is this report evidence? Without verification: anything but "not found"."""
     if cfg.verify_evidence:
         evidence = ground_report(report, sources, question)
-        if (cfg.show_sources and cfg.mode == "parallel" and evidence.grounded
-                and evidence.source):
+        if cfg.show_sources and evidence.grounded and evidence.source and (
+                cfg.mode == "parallel" or (mentions_the_question(evidence.source, question) and
+                                           not mentions_the_question(evidence.text, question))):
             return evidence.model_copy(update={"text": evidence.source})
         return evidence
     found = not says_not_found(report)
