@@ -429,10 +429,9 @@ def test_the_parallel_manager_reads_the_source_record_and_picks_the_one_with_the
     assert f'"{key}": "{gold}"' in shown and other not in shown
 
 
-def test_sequential_notes_that_answer_the_question_are_not_replaced_by_ones_that_do_not():
-    key, gold = KEY, GOLD
-    filler = " ".join(f"Filler sentence {i} mentions code-{i:04d}." for i in range(90))
-    doc = f'"{key}": "{gold}". {filler}'
+def _read_in_sequence(doc: str, worker, overlap: int = 0):
+    """Chain-of-Agents over `doc` asking for KEY's value; `worker(part)` writes each report.
+    Returns (result, the notes each worker was given)."""
     notes_seen: list[str] = []
 
     def reader(req, index):
@@ -440,16 +439,25 @@ def test_sequential_notes_that_answer_the_question_are_not_replaced_by_ones_that
         if req.messages[0].content == MANAGER_SYSTEM:
             return user.split("whole document:\n")[1].split("\n")[0]
         notes_seen.append(user.split("Notes from the parts before:\n")[1].split("\n\n")[0])
-        part = user.split("Part ", 1)[1]
-        if gold in part:
-            return f"The value of {key} is {gold}."
-        return f"The part mentions {re.findall(r'code-[0-9]{4}', part)[0]}."   # grounded, beside the point
+        return worker(user.split("Part ", 1)[1])
 
-    problem = Problem.from_text(f'What is the value of key "{key}"?', context=doc)
-    result = asyncio.run(run(_graph(mode="sequential", chunk_tokens=120, overlap_tokens=0),
+    problem = Problem.from_text(f'What is the value of key "{KEY}"?', context=doc)
+    result = asyncio.run(run(_graph(mode="sequential", chunk_tokens=120, overlap_tokens=overlap),
                              problem, _roles(ScriptedBackend(reader))))
+    return result, notes_seen
+
+
+def test_sequential_notes_that_answer_the_question_are_not_replaced_by_ones_that_do_not():
+    filler = " ".join(f"Filler sentence {i} mentions code-{i:04d}." for i in range(90))
+
+    def worker(part: str) -> str:
+        if GOLD in part:
+            return f"The value of {KEY} is {GOLD}."
+        return f"The part mentions {re.findall(r'code-[0-9]{4}', part)[0]}."   # beside the point
+
+    result, notes_seen = _read_in_sequence(f'"{KEY}": "{GOLD}". {filler}', worker)
     assert result.answer.details["workers"] >= 3
-    assert all(gold in notes for notes in notes_seen[1:]) and gold in result.answer.text
+    assert all(GOLD in notes for notes in notes_seen[1:]) and GOLD in result.answer.text
 
 
 def test_a_report_repeating_the_asked_key_points_at_its_record_only_where_the_part_holds_it():
@@ -476,20 +484,8 @@ def test_a_question_naming_a_code_is_mentioned_only_by_reports_naming_that_code(
 
 
 def test_sequential_notes_take_the_source_record_when_only_it_names_the_asked_key():
-    key, gold = KEY, GOLD
     filler = " ".join(f"Filler sentence {i} says little." for i in range(90))
     doc = f'{filler} {_json_line([KEYS[0], KEY, KEYS[1]])} {filler}'
-    notes_seen: list[str] = []
-
-    def reader(req, index):
-        user = req.messages[-1].content
-        if req.messages[0].content == MANAGER_SYSTEM:
-            return user.split("whole document:\n")[1].split("\n")[0]
-        notes_seen.append(user.split("Notes from the parts before:\n")[1].split("\n\n")[0])
-        part = user.split("Part ", 1)[1]
-        return f"The value is {gold}." if gold in part else "not found"
-
-    problem = Problem.from_text(f'What is the value of key "{key}"?', context=doc)
-    result = asyncio.run(run(_graph(mode="sequential", chunk_tokens=120, overlap_tokens=40),
-                             problem, _roles(ScriptedBackend(reader))))
-    assert f'"{key}": "{gold}"' in notes_seen[-1] and gold in result.answer.text
+    result, notes_seen = _read_in_sequence(
+        doc, lambda part: f"The value is {GOLD}." if GOLD in part else "not found", overlap=40)
+    assert f'"{KEY}": "{GOLD}"' in notes_seen[-1] and GOLD in result.answer.text
