@@ -10,8 +10,10 @@ The model is served with max_model_len=2048 (its native window is 8192), so kv_2
 Chunked arms use CHUNK_TOKENS-token chunks (not the largest that fits 2048: see CHUNK_TOKENS)
 with the node's defaults otherwise: workers quote or say NOT FOUND, reports that quote nothing
 of their part are not shown to the manager, near-verbatim copies are repaired, the parallel
-manager reads the record a report quoted from, and a report that repeats the asked key points
-at its record where its part holds it (`gold_via_pointer` counts the answers shown that way).
+manager reads the record a report quoted from, a report that repeats the asked key points at
+its record where its part holds it (`gold_via_pointer` counts the answers shown that way), and
+a manager answer that only repeats the question gives way to what the evidence adds
+(`answered_by_evidence`; `correct_unrepaired` is the manager's own text).
 Items are spread evenly over each file (the files are ordered by the key's position), graded
 as correct when the gold value appears in the answer. The arms of one length run at the same
 time on the one engine, all items of an arm at once (`--concurrency`): `wall_s` per item is a
@@ -177,6 +179,9 @@ async def run_arm(arm: str, backend: VLLMBackend, items: list[dict], window: int
                     "gold_in_evidence": any(item["answer"] in e for e in shown),
                     "gold_in_any_report": any(item["answer"] in c.text
                                               for c in answer.candidates),
+                    # the manager repeated the question and the answer is the evidence's
+                    # words beyond it (chunked_evidence.check_answer)
+                    "answered_by_evidence": details.get("answered_by", "manager") != "manager",
                     # the manager was shown a record only because a report repeated the asked
                     # key and its part held it (chunked_evidence.pointed_at)
                     "gold_via_pointer": any(item["answer"] in c.details["evidence"] and
@@ -200,7 +205,7 @@ def summarize(rows: list[dict]) -> dict:
     if "gold_in_evidence" in done[0]:
         out.update({key: mean(r[key] for r in done) for key in
                     ("correct_unrepaired", "evidence_shown", "gold_in_evidence",
-                     "gold_in_any_report", "gold_via_pointer")})
+                     "gold_in_any_report", "gold_via_pointer", "answered_by_evidence")})
     return out
 
 
@@ -269,11 +274,12 @@ def table(summary: dict, doc_tokens: dict) -> None:
             rows.append((f"kv_{length}", doc_tokens[length], arm, s["n"],
                          "n/a" if s["acc"] is None else f"{s['acc']:.2f}",
                          f("correct_unrepaired", ".2f"), f("gold_in_evidence", ".2f"),
-                         f("gold_via_pointer", ".2f"),
+                         f("gold_via_pointer", ".2f"), f("answered_by_evidence", ".2f"),
                          f("evidence_shown", ".1f"), f("workers", ".1f"), f("tokens", ".0f"),
                          f("wall_s", ".1f"), f("arm_s_per_item", ".1f")))
     print_table(rows, ("set", "doc tokens", "arm", "n", "acc", "acc unrepaired",
-                       "gold in evidence", "via pointer", "evidence shown", "workers",
+                       "gold in evidence", "via pointer", "by evidence", "evidence shown",
+                       "workers",
                        "tokens/item", "wall s/item", "arm s/item"))
 
 
@@ -341,7 +347,9 @@ def main() -> None:
                    "manager's own text, before its garbled copies are repaired against the "
                    "evidence it was shown; gold_in_evidence = the manager was shown the gold; "
                    "gold_via_pointer = ... in a record shown because a report repeated the "
-                   "asked key and its part held it (not because it copied the value)",
+                   "asked key and its part held it (not because it copied the value); "
+                   "answered_by_evidence = the manager only repeated the question, so the answer "
+                   "is what the evidence shown to it says beyond the question",
         "doc_tokens": doc_tokens, "wall_s": round(wall, 1), "timings": timings}
     for arm in ARMS:
         for length in data:

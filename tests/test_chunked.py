@@ -489,3 +489,19 @@ def test_sequential_notes_take_the_source_record_when_only_it_names_the_asked_ke
     result, notes_seen = _read_in_sequence(
         doc, lambda part: f"The value is {GOLD}." if GOLD in part else "not found", overlap=40)
     assert f'"{KEY}": "{GOLD}"' in notes_seen[-1] and GOLD in result.answer.text
+
+
+def test_a_manager_answer_that_repeats_the_question_gives_way_to_what_the_evidence_adds():
+    from reasonloom.strategies.chunked_evidence import check_answer
+
+    question = f'Key: "{KEY}"\nThe value associated with the specified key is:'
+    shown = [f'"{KEY}": "{GOLD}",']
+    echo = f"The value associated with the specified key is {KEY}."
+    assert check_answer(echo, shown, question) == (GOLD, [], "evidence (the manager "
+                                                            "repeated the question)")
+    answer = f"The value associated with the specified key is {GOLD}."
+    assert check_answer(answer, shown, question) == (answer, [], "manager")
+    # evidence that does not mention the question is not an answer to it
+    assert check_answer(echo, [f'"{KEYS[0]}": "{GOLD}",'], question)[2] == "manager"
+    assert check_answer("The secret code.", ["The secret code is 4898."],
+                        "What is the secret code?")[0] == "4898"

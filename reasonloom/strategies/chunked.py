@@ -41,9 +41,8 @@ from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.roles import Role
 from reasonloom.orchestrator.types import (Answer, Candidate, Candidates, FrozenModel, Message,
                                            Problem)
-from reasonloom.strategies.chunked_evidence import (Evidence, ground_report,
-                                                    mentions_the_question, relevant_sentences,
-                                                    repair_words, words)
+from reasonloom.strategies.chunked_evidence import (Evidence, check_answer, ground_report,
+                                                    mentions_the_question, relevant_sentences)
 from reasonloom.strategies.chunked_prompts import (manager_messages, says_not_found,
                                                    worker_messages)
 
@@ -90,10 +89,11 @@ class ChunkedConfig(FrozenModel):
     # no report is left: a weak manager is distracted by them (the paper's "aggregator
     # noise"); the reference shows them all.
     drop_not_found: bool = True
-    # A report counts as evidence only if it quotes its part (chunked_prompts.ground_report):
+    # A report counts as evidence only if it quotes its part (chunked_evidence.ground_report):
     # something the question did not say, every number or code found in the part, near-verbatim
     # copies of long words repaired to the part's exact words; the manager's answer is repaired
-    # against the evidence it was shown. In sequential mode an unverified report leaves the
+    # against the evidence it was shown, and one that only repeats the question gives way to
+    # what that evidence says beyond it. In sequential mode an unverified report leaves the
     # notes as they were. Turn off for tasks whose reports compute rather than quote (counts,
     # sums, summaries).
     verify_evidence: bool = True
@@ -364,10 +364,9 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
             raw += delta.text
     else:
         raw = (await ctx.generate(manager, req, "manager")).texts[0]
-    text, repairs = raw.strip(), []
-    if cfg.verify_evidence and fitted:   # a garbled copy of an identifier the manager was shown
-        text, repairs, _ = repair_words(text, [t for _, t in fitted],
-                                        keep={w.lower() for w in words(question)})
+    text, repairs, answered_by = raw.strip(), [], "manager"
+    if cfg.verify_evidence and fitted:
+        text, repairs, answered_by = check_answer(text, [t for _, t in fitted], question)
     candidates = [Candidate(text=r, role=worker.name,
                             details={"chunk": i, "span": list(doc.spans[i]), "found": e.grounded,
                                      "evidence": e.text, "verdict": e.reason,
@@ -381,7 +380,8 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
                              "found": [e.grounded for e in evidence],
                              "shown": [i for i, _ in fitted],
                              "left_out": len(shown) - len(fitted),
-                             "manager_text": raw.strip(), "answer_repairs": repairs})
+                             "manager_text": raw.strip(), "answer_repairs": repairs,
+                             "answered_by": answered_by})
     ctx.publish_best(answer)
     return answer
 

@@ -142,6 +142,21 @@ def pointed_at(report: str, sources: Sequence[str], asked: set[str], otherwise: 
                     source=" ".join(found))
 
 
+def says_nothing_new(answer: str, question: str) -> bool:
+    """Every specific word of the answer is the question's own (a manager that writes "the
+    value of key X is X"): no answer at all."""
+    asked = {w.lower() for w in words(question)}
+    return not any(w.lower() not in asked and w.lower() not in _COMMON for w in words(answer))
+
+
+def beyond_the_question(evidence: str, question: str) -> str:
+    """The evidence's words the question did not say, in order: from the record
+    '"X": "Y",' for "the value of key X", Y; from "The code is 4898." for "What is the
+    code?", 4898."""
+    asked = {w.lower() for w in words(question)}
+    return " ".join(w for w in words(evidence) if w.lower() not in asked)
+
+
 _QUESTION_WORDS = frozenset("what who whom whose which when where why how do does did can "
                             "could would should please tell give find extract".split())
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -196,3 +211,18 @@ def relevant_sentences(report: str, question: str) -> str:
     sentences = [s for s in _SENTENCE_END.split(report) if s.strip()]
     kept = [s.strip() for s in sentences if mentions_the_question(s, question)]
     return " ".join(kept) if kept else report
+
+
+def check_answer(answer: str, shown: Sequence[str], question: str
+                 ) -> tuple[str, list[tuple[str, str]], str]:
+    """The manager's answer read against the evidence it was shown: garbled copies of its
+    identifiers repaired; an answer that only repeats the question (a weak manager shown
+    '"X": "Y"' for "the value of key X" answers X) replaced by what the first evidence that
+    mentions the question says beyond it. Returns (answer, repairs, who answered)."""
+    text, repairs, _ = repair_words(answer, shown, keep={w.lower() for w in words(question)})
+    if says_nothing_new(text, question):
+        extra = [beyond_the_question(t, question) for t in shown
+                 if mentions_the_question(t, question)]
+        if extra and extra[0]:
+            return extra[0], repairs, "evidence (the manager repeated the question)"
+    return text, repairs, "manager"
