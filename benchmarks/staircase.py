@@ -285,6 +285,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "judge_diff": diff, "judge_diff_ci95": [lo, hi], "judge_pairs": len(pairs),
         "proposals_identical_across_modes": same / len(questions),
         "ttft_breakdown": ttft_breakdown(rows),
+        "notes": [
+            "Both modes use one aggregator prompt layout (moa.aggregator_messages): the "
+            "standing aggregation instruction first, then the request, the responses and a "
+            "short cue. The instruction is the same for every request, so after the warm-up "
+            "run (and on any server after its first request) it is a prefix-cache hit; the "
+            "warm-up question is not one of the measured questions.",
+            "Each question runs in both modes one after the other (order alternates), so the "
+            "second mode's proposers find their prompt cached and its aggregator finds the "
+            "request's blocks cached; ttft_breakdown splits the staircase's TTFT by order.",
+        ],
         "modes": summary, "engine_start_s": engine_start_s,
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "cpu_count": os.cpu_count(),

@@ -1,6 +1,7 @@
 """VLLMBackend: the Backend seam on vLLM's AsyncLLM engine in the calling process."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from functools import cached_property
 from typing import Any, AsyncIterator, Sequence
@@ -119,9 +120,17 @@ class VLLMBackend(Backend):
 
     async def _run(self, prompt_ids: list[int], params: Any) -> AsyncIterator[Any]:
         engine = await self.engine()
+        # Calls started together (a strategy's gather) reach the engine together. An idle
+        # engine starts a step on the first request it gets; the others, sent ~1 ms later
+        # each, wait for the next step and stay one token behind (MoA's staircase waits for
+        # the slowest proposer's first chunk: one decode step of extra latency). One loop
+        # yield lets every call render its prompt first; the typed token input is then
+        # processed in this call, with none of the thread-pool hop a raw prompt dict takes,
+        # so the sends follow each other within a fraction of a millisecond.
+        await asyncio.sleep(0)
         try:
-            async for out in engine.generate({"prompt_token_ids": prompt_ids}, params,
-                                             uuid.uuid4().hex):
+            async for out in engine.generate({"type": "token", "prompt_token_ids": prompt_ids},
+                                             params, uuid.uuid4().hex):
                 yield out
         except ValueError as exc:
             raise BadRequest(f"{self.model}: {exc}") from None
