@@ -38,10 +38,15 @@ def words(text: str) -> list[str]:
     return [w for w in found if w]
 
 
+def lowered(text: str) -> set[str]:
+    """The text's distinct words, lower-cased: what is compared against a question or a part."""
+    return {w.lower() for w in words(text)}
+
+
 def nearest_word(word: str, vocabulary: Sequence[str]) -> str | None:
     """The source word sharing the longest run of characters with `word` (a copy that went
     wrong part-way), if that run is at least half of it."""
-    if len(word) < REPAIR_MIN_CHARS or not any(c.isdigit() for c in word):
+    if not is_code(word):
         return None
     need = max(4, math.ceil(REPAIR_MIN_SHARE * len(word)))
     best, best_run = None, need - 1
@@ -102,9 +107,8 @@ def ground_report(report: str, sources: Sequence[str], question: str) -> Evidenc
     code of the question that its part holds (pointed_at)."""
     if says_not_found(report):
         return Evidence(text=report.strip(), grounded=False, reason="not found")
-    asked = {w.lower() for w in words(question)}
-    new = [w for w in words(report) if w.lower() not in asked]
-    if not any(w.lower() not in _COMMON for w in new):
+    asked = lowered(question)
+    if says_nothing_new(report, question):
         return pointed_at(report, sources, asked, "repeats the question")
     text, repairs, missing = repair_words(report.strip(), sources, keep=asked)
     invented = [w for w in missing if any(c.isdigit() for c in w)]
@@ -145,7 +149,7 @@ def pointed_at(report: str, sources: Sequence[str], asked: set[str], otherwise: 
 def says_nothing_new(answer: str, question: str) -> bool:
     """Every specific word of the answer is the question's own (a manager that writes "the
     value of key X is X"): no answer at all."""
-    asked = {w.lower() for w in words(question)}
+    asked = lowered(question)
     return not any(w.lower() not in asked and w.lower() not in _COMMON for w in words(answer))
 
 
@@ -153,7 +157,7 @@ def beyond_the_question(evidence: str, question: str) -> str:
     """The evidence's words the question did not say, in order: from the record
     '"X": "Y",' for "the value of key X", Y; from "The code is 4898." for "What is the
     code?", 4898."""
-    asked = {w.lower() for w in words(question)}
+    asked = lowered(question)
     return " ".join(w for w in words(evidence) if w.lower() not in asked)
 
 
@@ -185,8 +189,8 @@ def source_segments(quote: str, sources: Sequence[str]) -> list[str]:
     where in its part the worker copied from. A weak worker's report is a fragment (a value
     without its key, a name without its role); its source segment says what the fragment is,
     and a manager reads that better than the fragment."""
-    quoted = {w.lower() for w in words(quote)} - _COMMON
-    scored = [(len(quoted & {w.lower() for w in words(seg)}), seg)
+    quoted = lowered(quote) - _COMMON
+    scored = [(len(quoted & lowered(seg)), seg)
               for source in sources for seg in segments(source)]
     best = max((n for n, _ in scored), default=0)
     if best == 0:
@@ -199,7 +203,7 @@ def mentions_the_question(report: str, question: str) -> bool:
     "What is the secret code?". A question that names a code (a key, an order number) is
     about that code: the report must name it (a lead-in copied from the question, "the value
     associated with the specified key is", says nothing)."""
-    asked = {w.lower() for w in words(question)} - _COMMON - _QUESTION_WORDS
+    asked = lowered(question) - _COMMON - _QUESTION_WORDS
     codes = {w for w in asked if is_code(w)}
     return any(w.lower() in (codes or asked) for w in words(report))
 
@@ -219,7 +223,7 @@ def check_answer(answer: str, shown: Sequence[str], question: str
     identifiers repaired; an answer that only repeats the question (a weak manager shown
     '"X": "Y"' for "the value of key X" answers X) replaced by what the first evidence that
     mentions the question says beyond it. Returns (answer, repairs, who answered)."""
-    text, repairs, _ = repair_words(answer, shown, keep={w.lower() for w in words(question)})
+    text, repairs, _ = repair_words(answer, shown, keep=lowered(question))
     if says_nothing_new(text, question):
         extra = [beyond_the_question(t, question) for t in shown
                  if mentions_the_question(t, question)]
