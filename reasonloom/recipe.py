@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
+from reasonloom.backends.key_policy import name_problem, route_problem
 from reasonloom.backends.factory import BackendKind, BackendSpec, Endpoint, ReplicaRouting
 from reasonloom.orchestrator.budget import BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode
@@ -157,6 +158,17 @@ def _role_refs(params: Any, path: tuple) -> Iterable[tuple[tuple, str]]:
             yield from _role_refs(item, (*path, i))
 
 
+def _key_problem(env_name: str | None, base_url: str | None, backend: str) -> str | None:
+    """Why a role may not read `env_name` as its key (backends/key_policy.py), or None."""
+    if not env_name:
+        return None
+    problem = name_problem(env_name)
+    if problem is None and not os.environ.get(env_name):
+        problem = f"environment variable {env_name} is not set"
+    # only server backends send a key anywhere; without base_url it goes to the provider
+    return problem or (route_problem(base_url) if backend in ("openai", "litellm") else None)
+
+
 class Recipe:
     """A validated recipe: `load_recipe(path).run("question")` or build the same graph in code."""
 
@@ -207,17 +219,18 @@ class Recipe:
                 raise fail(("order", i), f"unknown role {name!r} (models: "
                            f"{', '.join(spec.models)})", positions)
         for role_name, role in spec.models.items():
-            if role.api_key_env and not os.environ.get(role.api_key_env):
-                raise fail(("models", role_name, "api_key_env"),
-                           f"environment variable {role.api_key_env} is not set", positions)
+            here = ("models", role_name)
+            problem = _key_problem(role.api_key_env, role.base_url, role.backend)
+            if problem:
+                raise fail((*here, "api_key_env"), problem, positions)
             if "routing" in role.model_fields_set and not role.endpoints:
-                raise fail(("models", role_name, "routing"), "routing spreads calls over "
+                raise fail((*here, "routing"), "routing spreads calls over "
                            "`endpoints`; this role has none", positions)
             for i, endpoint in enumerate(role.endpoints or ()):
-                if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
-                    raise fail(("models", role_name, "endpoints", i, "api_key_env"),
-                               f"environment variable {endpoint.api_key_env} is not set",
-                               positions)
+                problem = _key_problem(endpoint.api_key_env or role.api_key_env,
+                                       endpoint.base_url, role.backend)
+                if problem:
+                    raise fail((*here, "endpoints", i, "api_key_env"), problem, positions)
             if (role.backend in ("openai",) and not role.base_url and not role.endpoints
                     and not role.api_key_env):
                 raise fail(("models", role_name), "an openai role needs base_url or "

@@ -73,8 +73,8 @@ def test_every_shipped_recipe_validates():
     (BASE.replace("{candidates: samples.candidates}", "{candidates: problem}"), 17,
      "nodes.vote.inputs.candidates", "mismatch"),
     (BASE.replace("{role: strong, n: 4", "{role: strong, n: [4"), 13, "(recipe)", "YAML"),
-    (BASE.replace("    price_in_per_m: 0.1", "    api_key_env: RL_TEST_UNSET_VAR"), 9,
-     "models.cheap.api_key_env", "RL_TEST_UNSET_VAR is not set"),
+    (BASE.replace("    price_in_per_m: 0.1", "    api_key_env: RL_TEST_UNSET_API_KEY"), 9,
+     "models.cheap.api_key_env", "RL_TEST_UNSET_API_KEY is not set"),
 ])
 def test_recipe_errors_are_one_line_with_file_line_and_field(tmp_path, bad, line, field, words):
     path = write(tmp_path, bad)

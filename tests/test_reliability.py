@@ -339,7 +339,7 @@ LEAKY = """
 seed: 0
 models:
   strong: {backend: openai, model: x, base_url: "http://127.0.0.1:9/v1",
-           api_key_env: RELIABILITY_UPSTREAM_KEY, retry: {max_attempts: 1}}
+           api_key_env: RELIABILITY_UPSTREAM_API_KEY, retry: {max_attempts: 1}}
 nodes:
   answer: {type: generate, params: {n: 1, max_tokens: 8}}
 output: answer
@@ -350,7 +350,7 @@ output: answer
 def recipes(tmp_path, monkeypatch) -> Path:
     from tests.support.serving import write_scripted_recipes
 
-    monkeypatch.setenv("RELIABILITY_UPSTREAM_KEY", UPSTREAM_SECRET)
+    monkeypatch.setenv("RELIABILITY_UPSTREAM_API_KEY", UPSTREAM_SECRET)
     folder = write_scripted_recipes(tmp_path / "recipes")
     (folder / "leaky.yaml").write_text(LEAKY)
     return folder

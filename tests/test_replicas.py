@@ -242,11 +242,11 @@ nodes:
     ("    backend: openai\n    model: m\n    base_url: http://h:1/v1\n"
      "    routing: {cooldown_s: 5}", "models.strong.routing", "endpoints"),
     ("    backend: openai\n    model: m\n    endpoints: [{base_url: 'http://h:1/v1', "
-     "api_key_env: REASONLOOM_TEST_UNSET_KEY}]", "models.strong.endpoints.0.api_key_env",
+     "api_key_env: REASONLOOM_TEST_UNSET_API_KEY}]", "models.strong.endpoints.0.api_key_env",
      "not set"),
 ])
 def test_endpoint_mistakes_are_one_line_errors_at_the_field(role, where, says):
-    os.environ.pop("REASONLOOM_TEST_UNSET_KEY", None)
+    os.environ.pop("REASONLOOM_TEST_UNSET_API_KEY", None)
     with pytest.raises(RecipeError) as err:
         Recipe.from_text(ROLE.format(role=role), "r.yaml")
     message = str(err.value)

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from reasonloom.backends.errors import (BackendError, BadRequest, ContextTooLong, RateLimited,
                                         ServerError, Timeout, Unreachable)
-from reasonloom.orchestrator.types import Message
+from reasonloom.types import Message
 
 _CONTEXT = re.compile(r"context length|context window|max_model_len|maximum context|"
                       r"reduce the length|too many tokens|prompt is too long", re.I)

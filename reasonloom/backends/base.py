@@ -7,7 +7,7 @@ from typing import AsyncIterator, Sequence
 
 from pydantic import BaseModel, Field
 
-from reasonloom.orchestrator.types import FrozenModel, Message
+from reasonloom.types import FrozenModel, Message
 
 # The key that every request of one unit of work shares (the problem id), set by the scheduler
 # for each run. A backend with several replicas keeps requests of one key on one replica, so

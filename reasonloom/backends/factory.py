@@ -1,13 +1,13 @@
 """Backend specs (what a recipe's `models:` entry says) and building a Backend from one."""
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from reasonloom.backends.base import Backend
-from reasonloom.orchestrator.types import FrozenModel
+from reasonloom.backends.key_policy import read_key
+from reasonloom.types import FrozenModel
 
 BackendKind = Literal["embedded", "vllm", "openai", "litellm", "scripted"]
 
@@ -67,7 +67,8 @@ class BackendSpec(FrozenModel):
     def api_key(self) -> str | None:
         if not self.api_key_env:
             return None
-        value = os.environ.get(self.api_key_env)
+        # the recipe check ran already; this one covers specs built in code
+        value = read_key(self.api_key_env, self.base_url)
         if not value:
             raise MissingApiKey(f"environment variable {self.api_key_env} is not set")
         return value

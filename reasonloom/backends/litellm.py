@@ -57,6 +57,9 @@ class LiteLLMBackend(OpenAIBackend):
         """litellm reads each provider's key from the environment: name the missing variable."""
         if api_key:
             return api_key
+        if self.api_base:
+            # a key litellm would read from the provider's variable must not go to another host
+            return "EMPTY"
         missing = litellm.validate_environment(self.model, api_base=self.api_base)
         keys = [k for k in missing.get("missing_keys", [])
                 if not (self.api_base and k.endswith(("_API_BASE", "_BASE_URL")))]

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from typing import Any, AsyncIterator, Mapping, Sequence
 
 from reasonloom.backends.base import (Backend, Capabilities, Delta, Generation, GenerateRequest,
-                                      Sample, TokenLogprob)
+                                      Sample, TokenLogprob, confidence_of, logprob_k)
 from reasonloom.backends._openai_wire import (UNSUPPORTED, chat, close_stream, field_of,
                                               map_error, one_line, ranked_top, split_tokens,
                                               status_error)
@@ -27,7 +27,7 @@ from reasonloom.backends.errors import (BackendError, BadRequest, CapabilityMiss
                                         ContextTooLong, ServerError, StreamCut)
 from reasonloom.backends.factory import MissingApiKey
 from reasonloom.backends.vllm.backend import ScoredTokens
-from reasonloom.orchestrator.types import Message
+from reasonloom.types import Message
 
 OPENAI_URL = "https://api.openai.com/v1"
 # vLLM's request fields that continue the last assistant message instead of closing it.
@@ -68,7 +68,8 @@ class OpenAIBackend(Backend):
     def _resolve_api_key(self, api_key: str | None) -> str:
         if api_key:
             return api_key
-        if os.environ.get("OPENAI_API_KEY"):
+        # OPENAI_API_KEY is OpenAI's key: it goes to OpenAI only, never to another host
+        if not self.self_hosted and os.environ.get("OPENAI_API_KEY"):
             return os.environ["OPENAI_API_KEY"]
         if self.self_hosted:
             return "EMPTY"   # a local server started without --api-key ignores it
@@ -177,10 +178,10 @@ class OpenAIBackend(Backend):
             body["stop"] = list(req.stop)
         if req.seed is not None:
             body["seed"] = req.seed
-        if req.logprobs is not None:
+        if (k := logprob_k(req)) is not None:
             self.require("logprobs", "log-probs of generated tokens")
             body["logprobs"] = True
-            body["top_logprobs"] = req.logprobs
+            body["top_logprobs"] = k
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -208,11 +209,12 @@ class OpenAIBackend(Backend):
         logprobs = [self._logprobs(c, req.logprobs) for c in choices]
         usage = field_of(resp, "usage")
         known = [len(field_of(c, "token_ids")) if field_of(c, "token_ids") is not None
-                 else (len(lp) if lp is not None else None) for c, lp in zip(choices, logprobs)]
+                 else self._token_count(c) for c in choices]
         total = field_of(usage, "completion_tokens", 0)
         counts = [total] if len(choices) == 1 else split_tokens(total, known, texts)
         samples = [Sample(text=t, completion_tokens=k, finish_reason=field_of(c, "finish_reason"),
-                          logprobs=lp) for t, k, c, lp in zip(texts, counts, choices, logprobs)]
+                          logprobs=lp, confidences=self._confidences(c, req.confidence_k))
+                   for t, k, c, lp in zip(texts, counts, choices, logprobs)]
         return Generation(samples=samples, prompt_tokens=field_of(usage, "prompt_tokens", 0),
                           cached_prompt_tokens=self._cached(usage),
                           served_by=self.served_for(resp), model=self.model)
@@ -242,6 +244,25 @@ class OpenAIBackend(Backend):
                 for t in content]
 
     @staticmethod
+    def _positions(choice: Any) -> list[Any] | None:
+        return field_of(field_of(choice, "logprobs"), "content")
+
+    @classmethod
+    def _token_count(cls, choice: Any) -> int | None:
+        positions = cls._positions(choice)
+        return None if positions is None else len(positions)
+
+    @classmethod
+    def _confidences(cls, choice: Any, k: int | None) -> list[float] | None:
+        """DeepConf token confidence per generated token, from the top-k log-probs."""
+        positions = cls._positions(choice)
+        if not k or positions is None:
+            return None
+        return [confidence_of(sorted((field_of(a, "logprob") for a in
+                                      field_of(t, "top_logprobs", [])), reverse=True)[:k])
+                for t in positions]
+
+    @staticmethod
     def _cached(usage: Any) -> int | None:
         return field_of(field_of(usage, "prompt_tokens_details"), "cached_tokens")
 
@@ -263,7 +284,8 @@ class OpenAIBackend(Backend):
                     text = field_of(field_of(choice, "delta"), "content") or ""
                     if text:
                         texts[index] = texts.get(index, "") + text
-                        yield Delta(index=index, text=text)
+                        yield Delta(index=index, text=text, tokens=self._token_count(choice),
+                                    confidences=self._confidences(choice, req.confidence_k))
         except Exception as exc:
             mapped = self.fail(exc, what)
             if isinstance(mapped, (BadRequest, StreamCut)):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
 import threading
 import time
@@ -42,6 +41,7 @@ from reasonloom.backends.base import AFFINITY_KEY
 from reasonloom.backends.errors import (BackendError, BadRequest, CapabilityMissing, RateLimited,
                                         StreamCut, Unreachable)
 from reasonloom.backends.factory import BackendSpec, MissingApiKey, ReplicaRouting
+from reasonloom.backends.key_policy import read_key
 from reasonloom.backends.litellm import LiteLLMBackend, litellm
 # after reasonloom.backends.litellm, which keeps litellm from fetching its price table
 from litellm.types.router import (CustomRoutingStrategyBase,  # noqa: E402
@@ -143,10 +143,11 @@ class ReplicaBackend(LiteLLMBackend):
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> "ReplicaBackend":
-        def key(env: str | None) -> str | None:
-            if env and not os.environ.get(env):
+        def key(env: str | None, base_url: str) -> str | None:
+            value = read_key(env, base_url)
+            if env and not value:
                 raise MissingApiKey(f"environment variable {env} is not set")
-            return os.environ.get(env) if env else None
+            return value
 
         replicas = []
         for i, ep in enumerate(spec.endpoints):
@@ -159,7 +160,7 @@ class ReplicaBackend(LiteLLMBackend):
             litellm_model = name if spec.backend == "litellm" else f"hosted_vllm/{name}"
             replicas.append(Replica(id=f"replica{i}", base_url=ep.base_url,
                                     litellm_model=litellm_model,
-                                    api_key=key(ep.api_key_env or spec.api_key_env)))
+                                    api_key=key(ep.api_key_env or spec.api_key_env, ep.base_url)))
         return cls(spec.model or replicas[0].litellm_model, replicas, spec.routing,
                    **spec.options)
 

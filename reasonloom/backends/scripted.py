@@ -11,7 +11,7 @@ from typing import AsyncIterator, Callable, Sequence
 from reasonloom.backends.base import (Backend, Capabilities, Delta, Generation, GenerateRequest,
                                       Sample, TokenLogprob)
 from reasonloom.backends.errors import BackendError, CapabilityMissing
-from reasonloom.orchestrator.types import Message
+from reasonloom.types import Message
 
 Responder = Callable[[GenerateRequest, int], str]
 

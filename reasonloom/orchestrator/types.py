@@ -1,20 +1,14 @@
-"""Shared types every node speaks (DESIGN.md, "Shared types")."""
+"""Shared types every node speaks (DESIGN.md, "Shared types"). `FrozenModel` and `Message` live
+on the ground floor (reasonloom/types.py, which backends import too) and are re-exported here."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from reasonloom.types import FrozenModel, Message
 
-class FrozenModel(BaseModel):
-    """Immutable config/result base: hashable, typo-proof (unknown fields rejected)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Message(FrozenModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+__all__ = ["Answer", "Candidate", "Candidates", "FrozenModel", "Message", "Problem", "Usage"]
 
 
 class Usage(BaseModel):
@@ -109,6 +103,3 @@ class Answer(BaseModel):
     candidates: list[Candidate] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict)
 
-
-# Port types a node can declare; the graph checks producers and consumers agree.
-PortType = Literal["problem", "candidates", "answer", "text", "any"]

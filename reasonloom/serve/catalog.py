@@ -9,6 +9,7 @@ such field cannot honour the parameter, and the request gets a 400 that says so.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -151,15 +152,23 @@ class Catalog:
         return self.recipes[name]
 
     @classmethod
-    def from_dir(cls, folder: str | Path, warn=None) -> "Catalog":
-        """Loads every recipe; one that does not load is skipped with one line on stderr."""
+    def from_dir(cls, folder: str | Path, warn=None,
+                 server_keys: Iterable[str] = ()) -> "Catalog":
+        """Loads every recipe; one that does not load is skipped with one line on stderr, and
+        so is one whose role would send the server's own key upstream (under another name)."""
         warn = warn or (lambda line: print(line, file=sys.stderr))
+        server_keys = set(server_keys)
         served = []
         for path in sorted(Path(folder).glob("*.y*ml")):
             if path.suffix not in (".yaml", ".yml"):
                 continue
             try:
                 recipe = Recipe.load(path)
+                reused = _reuses_server_key(recipe, server_keys)
+                if reused:
+                    warn(f"reasonloom serve: skipping {path}: models.{reused}.api_key_env holds "
+                         f"the server's own key")
+                    continue
                 roles = recipe.build_roles()
             except RecipeError as exc:
                 warn(f"reasonloom serve: skipping {exc}")
@@ -170,3 +179,12 @@ class Catalog:
             served.append(ServedRecipe(path.stem, path, path.read_text(encoding="utf-8"),
                                        recipe, roles))
         return cls(served)
+
+
+def _reuses_server_key(recipe: Recipe, server_keys: set[str]) -> str | None:
+    """The role whose key variable holds one of the server's keys, if any."""
+    for name, role in recipe.spec.models.items():
+        names = [role.api_key_env, *(e.api_key_env for e in role.endpoints or ())]
+        if any(env and os.environ.get(env) in server_keys for env in names):
+            return name
+    return None

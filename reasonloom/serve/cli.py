@@ -53,12 +53,12 @@ def main(args: argparse.Namespace) -> int:
         print("reasonloom serve: --max-running and --max-running-per-key must be at least 1",
               file=sys.stderr)
         return 2
-    catalog = Catalog.from_dir(args.recipes)
+    raw_keys = args.api_key or os.environ.get(API_KEY_ENV) or ""
+    api_keys = [key.strip() for key in raw_keys.split(",") if key.strip()]
+    catalog = Catalog.from_dir(args.recipes, server_keys=api_keys)
     if not catalog.recipes:
         print(f"reasonloom serve: no recipe in {args.recipes} loads", file=sys.stderr)
         return 2
-    raw_keys = args.api_key or os.environ.get(API_KEY_ENV) or ""
-    api_keys = [key.strip() for key in raw_keys.split(",") if key.strip()]
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:

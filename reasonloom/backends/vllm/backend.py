@@ -10,7 +10,7 @@ from reasonloom.backends.base import (Backend, Capabilities, Delta, Generation, 
                                       Sample, TokenLogprob)
 from reasonloom.backends.errors import BadRequest, ContextTooLong, ServerError
 from reasonloom.backends.vllm.engine import DEFAULT_ENGINE_ARGS, engine_key, get_engine
-from reasonloom.orchestrator.types import Message
+from reasonloom.types import Message
 
 
 def whole_prompt_prefill(args: dict[str, Any]) -> dict[str, Any]:
