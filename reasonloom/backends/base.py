@@ -32,6 +32,9 @@ class GenerateRequest(FrozenModel):
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: int | None = Field(None, ge=0, le=20)   # top-k per generated token
+    # DeepConf's token confidence from the top-k log-probs of each generated token: returned
+    # as Sample.confidences (one float a token), never as per-token log-prob objects.
+    confidence_k: int | None = Field(None, ge=1, le=20)
     assistant_prefix: str | None = None                # continue a partially written answer
 
 
@@ -40,6 +43,7 @@ class Sample(BaseModel):
     completion_tokens: int
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    confidences: list[float] | None = None   # per token, when the request set confidence_k
 
 
 class Generation(BaseModel):
@@ -69,6 +73,7 @@ class Delta(BaseModel):
     completion_tokens: int | None = None
     cached_prompt_tokens: int | None = None
     served_by: str | None = None   # on the last delta: which server or replica answered
+    confidences: list[float] | None = None   # of the tokens this piece adds (confidence_k)
 
 
 class Capabilities(FrozenModel):
@@ -127,3 +132,14 @@ class Backend(abc.ABC):
 def token_confidence(top: Sequence[float]) -> float:
     """Squeeze Evolve's token confidence: the negated mean of its top-k log-probs."""
     return -sum(top) / len(top) if top else 0.0
+
+
+def confidence_of(top: Sequence[float]) -> float:
+    """DeepConf's token confidence C = -mean(top-k log-probs), rounded: high = peaked."""
+    return round(-sum(top) / len(top), 4) if top else 0.0
+
+
+def logprob_k(req: GenerateRequest) -> int | None:
+    """The top-k to ask the engine for: what log-probs and token confidence each need."""
+    wanted = max(req.logprobs or 0, req.confidence_k or 0)
+    return wanted if (req.logprobs is not None or req.confidence_k) else None

@@ -14,6 +14,13 @@ from reasonloom.backends.errors import BackendError, CapabilityMissing
 from reasonloom.types import Message
 
 Responder = Callable[[GenerateRequest, int], str]
+# (request, sample index, token position) -> that token's confidence; a token is a word here
+ConfidenceScript = Callable[[GenerateRequest, int, int], float]
+
+
+def hashed_confidence(req: GenerateRequest, index: int, position: int) -> float:
+    """Default confidence script: a seeded value in [0.5, 3.0) per token."""
+    return random.Random(f"{req.seed}/{index}/{position}").uniform(0.5, 3.0)
 
 
 def seeded_answer(req: GenerateRequest, index: int) -> str:
@@ -39,7 +46,7 @@ class ScriptedBackend(Backend):
     def __init__(self, responder: Responder | str | None = None, *, model: str = "scripted",
                  delay_s: float = 0.0, chunk_chars: int = 4, chunk_delay_s: float = 0.0,
                  logprobs: bool = True, supports_n: bool = True, faults: Callable[[GenerateRequest], BackendError | None]
-                 | None = None):
+                 | None = None, confidence: ConfidenceScript = hashed_confidence):
         if isinstance(responder, str):
             if responder not in RESPONDERS:
                 raise ValueError(f"unknown scripted responder {responder!r} (known: "
@@ -53,6 +60,8 @@ class ScriptedBackend(Backend):
         self._logprobs = logprobs
         self._supports_n = supports_n
         self.faults = faults
+        self.confidence = confidence
+        self.streamed_tokens = 0   # tokens a stream produced before it ended or was closed
         self.calls = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -79,7 +88,9 @@ class ScriptedBackend(Backend):
             self.in_flight -= 1
         prompt = sum(self._count(m.content) for m in req.messages)
         return Generation(samples=[Sample(text=t, completion_tokens=self._count(t),
-                                          finish_reason="stop") for t in texts],
+                                          finish_reason="stop",
+                                          confidences=self._confidences(req, i, t))
+                                   for i, t in enumerate(texts)],
                           prompt_tokens=prompt, model=self.model, served_by="scripted")
 
     async def stream(self, req: GenerateRequest) -> AsyncIterator[Delta]:
@@ -91,15 +102,29 @@ class ScriptedBackend(Backend):
             if self.faults is not None and (err := self.faults(req)) is not None:
                 raise err
             text = self.responder(req, 0)
-            for start in range(0, len(text), self.chunk_chars):
-                if self.chunk_delay_s:
-                    await asyncio.sleep(self.chunk_delay_s)
-                yield Delta(text=text[start:start + self.chunk_chars])
+            if req.confidence_k:   # one word a piece, each with its token confidence
+                words = text.split(" ")
+                for position, word in enumerate(words):
+                    if self.chunk_delay_s:
+                        await asyncio.sleep(self.chunk_delay_s)
+                    self.streamed_tokens += 1
+                    yield Delta(text=word if position == 0 else " " + word, tokens=1,
+                                confidences=[self.confidence(req, 0, position)])
+            else:
+                for start in range(0, len(text), self.chunk_chars):
+                    if self.chunk_delay_s:
+                        await asyncio.sleep(self.chunk_delay_s)
+                    yield Delta(text=text[start:start + self.chunk_chars])
             yield Delta(finish_reason="stop",
                         prompt_tokens=sum(self._count(m.content) for m in req.messages),
                         completion_tokens=self._count(text))
         finally:
             self.in_flight -= 1
+
+    def _confidences(self, req: GenerateRequest, index: int, text: str) -> list[float] | None:
+        if not req.confidence_k:
+            return None
+        return [self.confidence(req, index, p) for p in range(self._count(text))]
 
     async def prompt_logprobs(self, messages: Sequence[Message], text: str,
                               top_k: int = 0) -> list[TokenLogprob]:

@@ -18,6 +18,7 @@ from reasonloom.orchestrator.ledger import CallRecord, Ledger
 from reasonloom.orchestrator.roles import Role, Roles
 from reasonloom.orchestrator.seeds import derive_seed
 from reasonloom.orchestrator.types import Answer, Message
+from reasonloom.orchestrator.watched import StopRule, generate_until
 
 # The run's prompt-shaping switch for prompt helpers that have no ctx (strategies/prompts.py);
 # set by scheduler.run for the run's tasks, on outside any run.
@@ -143,6 +144,14 @@ class RunContext:
                                    served_by=rec.served_by)
         return rec
 
+    def _record_hit(self, role: Role, kind: str, key: str, prompt_tokens: int,
+                    completion_tokens: int, seed: int | None, n: int = 1) -> None:
+        """A call answered from the cache: recorded with what it would have cost (a pool of
+        samples shared by several strategies is never free in their cost figures)."""
+        self._record(role, kind, key, 1, time.monotonic(), cache_hit=True, seed=seed, n=n,
+                     replayed_tokens=prompt_tokens + completion_tokens,
+                     replayed_cost_usd=role.spec.cost(prompt_tokens, completion_tokens))
+
     async def _wait_retry(self, role: Role, attempt: int, exc: BackendError) -> None:
         retry_after = getattr(exc, "retry_after", None)
         await asyncio.sleep(role.spec.retry.delay(attempt, retry_after, self.state.retry_rng))
@@ -165,11 +174,11 @@ class RunContext:
                     for i in range(req.n)]
             hits = [store.get(k) for k in keys]
             if all(h is not None for h in hits):
-                self._record(role, "generate", call_key, 1, time.monotonic(), cache_hit=True,
-                             seed=req.seed, n=req.n)
-                return Generation(samples=[Sample.model_validate(h["sample"]) for h in hits],
-                                  prompt_tokens=hits[0]["prompt_tokens"], model=role.model_id,
-                                  served_by="cache")
+                samples = [Sample.model_validate(h["sample"]) for h in hits]
+                self._record_hit(role, "generate", call_key, hits[0]["prompt_tokens"],
+                                 sum(s.completion_tokens for s in samples), req.seed, req.n)
+                return Generation(samples=samples, prompt_tokens=hits[0]["prompt_tokens"],
+                                  model=role.model_id, served_by="cache")
             self._check_replay(call_key)
         prompt_est = self._prompt_estimate(role, req)
         reservation = self._reserve(role, prompt_est, req.max_tokens * req.n,
@@ -214,6 +223,13 @@ class RunContext:
                 return gen
         finally:
             self.state.budget.settle(reservation, spent_tokens, spent_dollars)
+
+    async def generate_until(self, role: Role | str, req: GenerateRequest, call_key: str,
+                             stop: StopRule, stop_key: str = "") -> Sample:
+        """One sample that `stop(confidences, text)` may end early; the engine request is
+        aborted and the ledger bills what was generated (orchestrator/watched.py)."""
+        role = self.roles.pick(role) if isinstance(role, str) else role
+        return await generate_until(self, role, req, call_key, stop, stop_key)
 
     def _check_replay(self, call_key: str) -> None:
         store = self.state.store

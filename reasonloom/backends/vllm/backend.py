@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from contextlib import aclosing
 from functools import cached_property
 from typing import Any, AsyncIterator, Sequence
 
 from reasonloom.backends.base import (Backend, Capabilities, Delta, Generation, GenerateRequest,
-                                      Sample, TokenLogprob)
+                                      Sample, TokenLogprob, confidence_of, logprob_k)
 from reasonloom.backends.errors import BadRequest, ContextTooLong, ServerError
 from reasonloom.backends.vllm.engine import DEFAULT_ENGINE_ARGS, engine_key, get_engine
 from reasonloom.types import Message
@@ -33,6 +34,13 @@ def _top_logprobs(position: dict[int, Any] | None, k: int) -> tuple[float, ...]:
     ranked = sorted((lp for lp in position.values() if lp.rank is not None and lp.rank <= k),
                     key=lambda lp: lp.rank)
     return tuple(lp.logprob for lp in ranked[:k])
+
+
+def _confidences(positions: Any, k: int | None) -> list[float] | None:
+    """DeepConf token confidence of each generated position, from its top-k log-probs."""
+    if not k or positions is None:
+        return None
+    return [confidence_of(_top_logprobs(pos, k)) for pos in positions]
 
 
 class VLLMBackend(Backend):
@@ -114,7 +122,7 @@ class VLLMBackend(Backend):
 
         return SamplingParams(
             n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens,
-            stop=list(req.stop) or None, seed=req.seed, logprobs=req.logprobs,
+            stop=list(req.stop) or None, seed=req.seed, logprobs=logprob_k(req),
             output_kind=RequestOutputKind.DELTA if kind == "stream"
             else RequestOutputKind.FINAL_ONLY)
 
@@ -128,9 +136,12 @@ class VLLMBackend(Backend):
         # others: MoA's three proposers were measured in two steps even so (one token apart).
         await asyncio.sleep(0)
         try:
-            async for out in engine.generate({"type": "token", "prompt_token_ids": prompt_ids},
-                                             params, uuid.uuid4().hex):
-                yield out
+            # aclosing: a caller that stops reading (a stopped or cancelled generation) closes
+            # the engine's generator now, which aborts the request in the engine
+            async with aclosing(engine.generate({"type": "token", "prompt_token_ids": prompt_ids},
+                                                params, uuid.uuid4().hex)) as outputs:
+                async for out in outputs:
+                    yield out
         except ValueError as exc:
             raise BadRequest(f"{self.model}: {exc}") from None
         except (RuntimeError, OSError) as exc:
@@ -153,7 +164,8 @@ class VLLMBackend(Backend):
                                          top=_top_logprobs(pos, req.logprobs))
                             for tid, pos in zip(comp.token_ids, comp.logprobs)]
             samples.append(Sample(text=comp.text, completion_tokens=len(comp.token_ids),
-                                  finish_reason=comp.finish_reason, logprobs=logprobs))
+                                  finish_reason=comp.finish_reason, logprobs=logprobs,
+                                  confidences=_confidences(comp.logprobs, req.confidence_k)))
         return Generation(samples=samples, prompt_tokens=len(prompt_ids),
                           cached_prompt_tokens=final.num_cached_tokens, served_by="vllm:local",
                           model=self.model)
@@ -163,18 +175,25 @@ class VLLMBackend(Backend):
         params = self._params(req, self._check_fits(prompt_ids, req.max_tokens), "stream")
         tokens: dict[int, int] = {}
         unsent: dict[int, int] = {}   # tokens whose text is still incomplete (a split character)
+        pending: dict[int, list[float]] = {}   # their confidences, sent with the text
         finish: dict[int, str | None] = {}
         cached = None
         # With n > 1 each streamed output carries only the samples that advanced: key by index.
-        async for out in self._run(prompt_ids, params):
-            cached = out.num_cached_tokens
-            for comp in out.outputs:
-                tokens[comp.index] = tokens.get(comp.index, 0) + len(comp.token_ids)
-                unsent[comp.index] = unsent.get(comp.index, 0) + len(comp.token_ids)
-                if comp.finish_reason:
-                    finish[comp.index] = comp.finish_reason
-                if comp.text:
-                    yield Delta(index=comp.index, text=comp.text, tokens=unsent.pop(comp.index))
+        async with aclosing(self._run(prompt_ids, params)) as outputs:
+            async for out in outputs:
+                cached = out.num_cached_tokens
+                for comp in out.outputs:
+                    tokens[comp.index] = tokens.get(comp.index, 0) + len(comp.token_ids)
+                    unsent[comp.index] = unsent.get(comp.index, 0) + len(comp.token_ids)
+                    if comp.finish_reason:
+                        finish[comp.index] = comp.finish_reason
+                    if req.confidence_k:
+                        pending.setdefault(comp.index, []).extend(
+                            _confidences(comp.logprobs, req.confidence_k) or ())
+                    if comp.text:
+                        yield Delta(index=comp.index, text=comp.text,
+                                    tokens=unsent.pop(comp.index),
+                                    confidences=pending.pop(comp.index, None))
         yield Delta(index=0, finish_reason=finish.get(0), prompt_tokens=len(prompt_ids),
                     completion_tokens=sum(tokens.values()), cached_prompt_tokens=cached)
 
