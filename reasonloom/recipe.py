@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from reasonloom.backends.key_policy import name_problem, route_problem
-from reasonloom.backends.factory import BackendKind, BackendSpec, Endpoint, ReplicaRouting
+from reasonloom.backends.spec import BackendKind, BackendSpec, Endpoint, ReplicaRouting
 from reasonloom.orchestrator.budget import BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode
 from reasonloom.orchestrator.graph import Graph, GraphError

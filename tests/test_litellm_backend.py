@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 from reasonloom.backends.base import GenerateRequest
-from reasonloom.backends.errors import BadRequest, RateLimited, StreamCut, Unreachable
-from reasonloom.backends.factory import BackendSpec, MissingApiKey, build_backend
+from reasonloom.backends.errors import (BadRequest, MissingApiKey, RateLimited, StreamCut,
+                                        Unreachable)
+from reasonloom.backends.factory import BackendSpec, build_backend
 from reasonloom.backends.litellm import LiteLLMBackend
 from reasonloom.backends.openai import OpenAIBackend
 from reasonloom.backends.vllm.embedded import MODEL_NAME, ensure_embedded_model

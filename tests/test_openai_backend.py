@@ -7,7 +7,7 @@ import pytest
 from reasonloom.backends.base import GenerateRequest
 from reasonloom.backends.errors import (BadRequest, CapabilityMissing, ContextTooLong,
                                         RateLimited, ServerError, StreamCut, Unreachable)
-from reasonloom.backends.factory import MissingApiKey
+from reasonloom.backends.errors import MissingApiKey
 from reasonloom.backends.openai import OpenAIBackend
 from reasonloom.backends.vllm.embedded import MODEL_NAME, ensure_embedded_model
 from reasonloom.orchestrator.types import Message

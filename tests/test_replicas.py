@@ -171,7 +171,8 @@ def recs_after_failure_on(recs: list[dict], survivor: str) -> bool:
 def test_streams_and_failed_attempts_name_the_replica_that_served_them(replicas):
     from reasonloom.backends.base import AFFINITY_KEY, GenerateRequest
     from reasonloom.backends.errors import Unreachable
-    from reasonloom.backends.factory import BackendSpec, Endpoint, ReplicaRouting, build_backend
+    from reasonloom.backends.factory import build_backend
+    from reasonloom.backends.spec import BackendSpec, Endpoint, ReplicaRouting
     from reasonloom.orchestrator.types import Message
 
     live, dead = f"{replicas[0].base}/v1", "http://127.0.0.1:9/v1"   # nothing listens on 9

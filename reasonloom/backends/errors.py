@@ -52,3 +52,7 @@ class CapabilityMissing(BadRequest):
 
 class EngineStartError(BackendError):
     """A local engine failed to start; the message carries the engine's own reason."""
+
+
+class MissingApiKey(ValueError):
+    """A role names an API-key variable that is not set: a user's mistake, never retried."""

@@ -24,7 +24,7 @@ import litellm  # noqa: E402
 
 from reasonloom.backends._openai_wire import one_line  # noqa: E402
 from reasonloom.backends.errors import BackendError, BadRequest, Unreachable  # noqa: E402
-from reasonloom.backends.factory import MissingApiKey  # noqa: E402
+from reasonloom.backends.errors import MissingApiKey  # noqa: E402
 from reasonloom.backends.openai import OpenAIBackend  # noqa: E402
 
 litellm.suppress_debug_info = True   # no "Give Feedback / Get Help" banners on every error

@@ -25,7 +25,7 @@ from reasonloom.backends._openai_wire import (UNSUPPORTED, chat, close_stream, f
                                               status_error)
 from reasonloom.backends.errors import (BackendError, BadRequest, CapabilityMissing,
                                         ContextTooLong, ServerError, StreamCut)
-from reasonloom.backends.factory import MissingApiKey
+from reasonloom.backends.errors import MissingApiKey
 from reasonloom.backends.vllm.backend import ScoredTokens
 from reasonloom.types import Message
 

@@ -38,10 +38,10 @@ from typing import Any, AsyncIterator, Sequence
 
 from reasonloom.backends._openai_wire import field_of, map_error, one_line, status_error
 from reasonloom.backends.base import AFFINITY_KEY
-from reasonloom.backends.errors import (BackendError, BadRequest, CapabilityMissing, RateLimited,
-                                        StreamCut, Unreachable)
-from reasonloom.backends.factory import BackendSpec, MissingApiKey, ReplicaRouting
+from reasonloom.backends.errors import (BackendError, BadRequest, CapabilityMissing, MissingApiKey,
+                                        RateLimited, StreamCut, Unreachable)
 from reasonloom.backends.key_policy import read_key
+from reasonloom.backends.spec import BackendSpec, ReplicaRouting
 from reasonloom.backends.litellm import LiteLLMBackend, litellm
 # after reasonloom.backends.litellm, which keeps litellm from fetching its price table
 from litellm.types.router import (CustomRoutingStrategyBase,  # noqa: E402

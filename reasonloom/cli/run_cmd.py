@@ -34,6 +34,28 @@ def read_dataset(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     return [item.public() for item in items]
 
 
+def _checked_text(text: str, where: str) -> str:
+    """Arguments arrive with undecodable bytes as lone surrogates: refuse them here, not in
+    the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DatasetError(f"{where}: not UTF-8 text (character {exc.start + 1})") from None
+    if "\x00" in text:
+        raise DatasetError(f"{where}: text holds NUL characters (binary content)")
+    return text
+
+
+def _read_text(path: str, where: str) -> str:
+    raw = Path(path).read_bytes()
+    try:
+        return _checked_text(raw.decode("utf-8"), f"{where} {path}")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DatasetError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})"
+                           ) from None
+
+
 def cost_line(result) -> str:
     u = result.usage.total
     return (f"cost ${u.cost_usd:.6f} | tokens {u.prompt_tokens + u.completion_tokens} "
@@ -80,8 +102,10 @@ def main(args: argparse.Namespace) -> int:
             if args.dataset:
                 rows = read_dataset(args.dataset, args.limit)
             else:
-                context = Path(args.context_file).read_text() if args.context_file else None
-                rows = [{"id": 0, "question": args.input, "answer": None, "context": context}]
+                context = _read_text(args.context_file, "--context-file") \
+                    if args.context_file else None
+                rows = [{"id": 0, "question": _checked_text(args.input, "--input"),
+                         "answer": None, "context": context}]
             run_id = uuid.uuid4().hex[:12]
             manifest = {"recipe": str(Path(args.recipe).resolve()), "overrides": args.set,
                         "rows": rows, "finished": {}}
@@ -156,8 +180,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run_all())
     except Exception as exc:   # user-facing one-liner for backend/engine errors
-        from reasonloom.backends.errors import BackendError
-        from reasonloom.backends.factory import MissingApiKey
+        from reasonloom.backends.errors import BackendError, MissingApiKey
 
         if isinstance(exc, (BackendError, MissingApiKey)):
             print(f"reasonloom run: {type(exc).__name__}: {exc}", file=sys.stderr)
