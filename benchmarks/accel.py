@@ -213,7 +213,7 @@ async def best_of_16(backend, question: str, qi: int) -> dict[str, float]:
     """16 samples in 4 waves of 4 (later waves can draft from the earlier ones)."""
     from reasonloom.backends.base import GenerateRequest
     from reasonloom.orchestrator.types import Problem
-    from reasonloom.strategies.prompts import problem_messages
+    from reasonloom.prompts import problem_messages
 
     messages = problem_messages(Problem.from_text(question))
     texts: list[str] = []
@@ -233,7 +233,7 @@ async def aggregate(backend, jobs: list[tuple[str, list[str]]]) -> dict[str, flo
     from reasonloom.backends.base import GenerateRequest
     from reasonloom.orchestrator.types import Problem
     from reasonloom.strategies.moa import aggregator_messages
-    from reasonloom.strategies.prompts import DEFAULT_SYSTEM
+    from reasonloom.prompts import DEFAULT_SYSTEM
 
     reqs = [GenerateRequest(messages=aggregator_messages(Problem.from_text(q), props,
                                                          DEFAULT_SYSTEM),

@@ -113,7 +113,7 @@ def calibrate_timeout(server: VLLMServer, requested_s: float, problem: Problem) 
     after one discarded warm-up request, and raise the timeout to 3x the slowest if 2 s is
     too short (reported)."""
     from reasonloom.backends.base import GenerateRequest
-    from reasonloom.strategies.prompts import problem_messages, with_candidates
+    from reasonloom.prompts import problem_messages, with_candidates
 
     backend = OpenAIBackend(MODEL_NAME, base_url=server.base_url, timeout_s=120)
     long_prompt = with_candidates(problem, ["Let me add the numbers step by step. " * 6] * 2,

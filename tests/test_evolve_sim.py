@@ -9,7 +9,7 @@ from benchmarks.evolve_sim import (PRICES, SimBackend, SimWorld, _job, priced_ro
                                    simulate)
 from reasonloom.backends.base import GenerateRequest
 from reasonloom.orchestrator.types import Message
-from reasonloom.strategies.prompts import problem_messages, with_candidates
+from reasonloom.prompts import problem_messages, with_candidates
 from reasonloom.verifiers.answers import extract_answer
 
 

@@ -1,4 +1,4 @@
-"""Prefix-aware request shaping (strategies/prompts.py): the canonical layout, the run-level
+"""Prefix-aware request shaping (reasonloom/prompts.py): the canonical layout, the run-level
 `shaping` switch, n-sampling, and on the real engine, prompt tokens served from the cache."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from reasonloom.orchestrator.roles import Role, Roles, RoleSpec
 from reasonloom.orchestrator.scheduler import run
 from reasonloom.orchestrator.types import Candidate, Problem
 from reasonloom.recipe import Recipe
-from reasonloom.strategies.prompts import canonical_order, with_candidates
+from reasonloom.prompts import canonical_order, with_candidates
 from reasonloom.strategies.tournament import TournamentConfig, v1_tournament
 
 PROBLEM = Problem.from_text("How many legs do 3 spiders have?")

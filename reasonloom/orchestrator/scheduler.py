@@ -155,7 +155,7 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
 
     Raises RunFailed (a node the answer needs failed) or BudgetExceeded (with partial results
     and the best published answer); both keep every finished output. `shaping=False` turns
-    prefix-aware prompt layout and n-sampling off (for comparison; strategies/prompts.py).
+    prefix-aware prompt layout and n-sampling off (for comparison; reasonloom/prompts.py).
     """
     if isinstance(problem, str):
         problem = Problem.from_text(problem)

@@ -36,8 +36,7 @@ from reasonloom.strategies.evolve_fitness import (Member, candidate_confidences,
                                                   diversity_fitness, form_groups,
                                                   group_confidence, member_answer, needs_fitness,
                                                   percentile_thresholds, route_by_percentile)
-from reasonloom.strategies.prompts import (DEFAULT_SYSTEM, canonical_order, problem_messages,
-                                           with_candidates)
+from reasonloom.prompts import DEFAULT_SYSTEM, canonical_order, problem_messages, with_candidates
 from reasonloom.strategies.sampling import SampleConfig, sample_candidates
 from reasonloom.verifiers.answers import canonical, extract_answer, majority_answer
 

@@ -39,7 +39,7 @@ from reasonloom.orchestrator.types import (Answer, Candidate, Candidates, Frozen
 from reasonloom.strategies.moa_staircase import (AggregationResult, ProposalBoard, Snapshot,
                                                  StaircaseSchedule, staircase_aggregate,
                                                  stream_proposal)
-from reasonloom.strategies.prompts import DEFAULT_SYSTEM, problem_messages, with_candidates
+from reasonloom.prompts import DEFAULT_SYSTEM, problem_messages, with_candidates
 from reasonloom.verifiers.answers import extract_answer
 
 # Our wording of the aggregate-and-synthesize idea: judge the responses, do not copy them.

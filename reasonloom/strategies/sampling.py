@@ -10,7 +10,7 @@ from reasonloom.orchestrator.context import RunContext
 from reasonloom.orchestrator.degrade import gather_tolerant
 from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.types import Answer, Candidate, Candidates, FrozenModel, Problem
-from reasonloom.strategies.prompts import DEFAULT_SYSTEM, problem_messages, use_n_sampling
+from reasonloom.prompts import DEFAULT_SYSTEM, problem_messages, use_n_sampling
 from reasonloom.verifiers.answers import extract_answer, majority_answer
 
 

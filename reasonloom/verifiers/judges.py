@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from reasonloom.backends.base import GenerateRequest
 from reasonloom.orchestrator.types import Candidate, Message, Problem
-from reasonloom.strategies.prompts import (DEFAULT_SYSTEM, problem_messages, with_candidates,
-                                           with_sections)
+from reasonloom.prompts import DEFAULT_SYSTEM, problem_messages, with_candidates, with_sections
 from reasonloom.verifiers.base import PerCandidateVerifier
 
 if TYPE_CHECKING:

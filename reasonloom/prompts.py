@@ -1,4 +1,4 @@
-"""Prompt layout shared by every strategy: shared content first, in a canonical order
+"""Prompt layout shared by every strategy and judge: shared content first, in a canonical order
 (system prompt, problem, shared candidates, then what differs), so the engine's prefix cache
 serves what requests have in common.
 
