@@ -21,7 +21,7 @@ SUBCOMMANDS = {
     "serve": ("reasonloom.serve.cli", "serve recipes as OpenAI-compatible models"),
     "chat": ("reasonloom.serve.chat", "chat with a recipe or a served model in the terminal"),
     "bench": ("reasonloom.cli.bench_cmd", "measure recipes on a dataset"),
-    "steer": ("reasonloom.steering.cli", "CREST steering: calibrate vectors"),
+    "steer": ("reasonloom.cli.steer_cmd", "CREST steering: calibrate vectors"),
 }
 
 

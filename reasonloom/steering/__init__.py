@@ -2,6 +2,7 @@
 the intervention and its per-token gate (ops.py), and the vLLM plugin that applies them inside
 the engine worker (vllm_plugin.py, steered_llama.py).
 
-Imports nothing here: vLLM imports the plugin module in every process it starts. The core
-modules import no other reasonloom sub-package (only cli.py reaches the embedded model).
+Imports nothing here: vLLM imports the plugin module in every process it starts. These
+modules import no other reasonloom sub-package; the `reasonloom steer` command that drives
+calibration is reasonloom/cli/steer_cmd.py.
 """

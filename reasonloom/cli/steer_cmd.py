@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _model_dir(name: str) -> Path:
     if name == "embedded":
-        # Lazy: the command line may reach into backends; the steering core may not.
+        # Lazy: only `--model-dir embedded` needs the backend's model conversion.
         from reasonloom.backends.vllm.embedded import ensure_embedded_model
 
         return ensure_embedded_model()
