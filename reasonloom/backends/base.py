@@ -129,11 +129,6 @@ class Backend(abc.ABC):
         return None
 
 
-def token_confidence(top: Sequence[float]) -> float:
-    """Squeeze Evolve's token confidence: the negated mean of its top-k log-probs."""
-    return -sum(top) / len(top) if top else 0.0
-
-
 def confidence_of(top: Sequence[float]) -> float:
     """DeepConf's token confidence C = -mean(top-k log-probs), rounded: high = peaked."""
     return round(-sum(top) / len(top), 4) if top else 0.0

@@ -13,7 +13,7 @@ from typing import Sequence, TypeVar
 
 import numpy as np
 
-from reasonloom.backends.base import TokenLogprob, token_confidence
+from reasonloom.backends.base import TokenLogprob
 from reasonloom.backends.errors import CapabilityMissing
 from reasonloom.orchestrator.context import RunContext
 from reasonloom.orchestrator.roles import Role
@@ -44,6 +44,11 @@ def form_groups(population_size: int, group_size: int, count: int,
 
 
 # -- fitness -------------------------------------------------------------------------------
+def token_confidence(top: Sequence[float]) -> float:
+    """A token's confidence: the negated mean of its top-k log-probs (high = peaked)."""
+    return -sum(top) / len(top) if top else 0.0
+
+
 def candidate_confidence(tokens: Sequence[TokenLogprob]) -> float:
     """C(candidate) = mean over its tokens of the token confidence (-mean of the top-k
     log-probs, DeepConf-style). An empty candidate has no evidence: 0, the floor."""
