@@ -25,13 +25,20 @@ $(VENV)/.ready: pyproject.toml
 run: setup
 	$(VENV)/bin/reasonloom run recipes/self_consistency.yaml --input "$(QUESTION)"
 
-# --timeout: a hung engine must not eat CI's 90 minutes; --reruns 1: one retry for a test hit
-# by the machine (an OOM-killed engine worker, a pseudo-terminal read that timed out)
+# The fast part first, no reruns (a failure there is a bug, not the machine); make stops on it
+# before any engine starts. Then the engine and slow tests with one rerun each for what the
+# machine does to them (an OOM-killed engine worker, a pseudo-terminal read that timed out),
+# every rerun named in the summary (-r...R). --timeout: a hung engine must not eat CI's 90
+# minutes; --durations: the slowest tests in the log.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=25 -rfEsxXR
+FAST := not engine and not slow
+
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 --reruns 1 --reruns-delay 5
+	$(PYTEST) --timeout 300 -m "$(FAST)"
+	$(PYTEST) --timeout 900 --reruns 1 --reruns-delay 5 -m "not ($(FAST))"
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not engine and not slow"
+	$(PYTEST) --timeout 300 -m "$(FAST)"
 
 clean:
 	rm -rf $(VENV)
