@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from reasonloom.backends.key_policy import name_problem, route_problem
@@ -140,6 +139,20 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     target[keys[-1]] = value
 
 
+def _override_value(item: str, dotted: str, raw: str) -> Any:
+    """A `--set` value, parsed as YAML under the same guards as a recipe file (size, depth,
+    aliases, tags); text that is not YAML stays a string."""
+    if not raw:
+        return ""
+    try:
+        return load_with_positions(raw)[0]
+    except YamlSyntaxError as exc:
+        if "syntax" in str(exc):   # e.g. `a: b: c`: the user meant the text
+            return raw
+        raise RecipeError("--set", exc.line, exc.col, (dotted,), f"{exc} in {item[:80]!r}"
+                          ) from None
+
+
 def _role_refs(params: Any, path: tuple) -> Iterable[tuple[tuple, str]]:
     """Every (path, role name) a node's params mention."""
     if isinstance(params, dict):
@@ -156,6 +169,34 @@ def _role_refs(params: Any, path: tuple) -> Iterable[tuple[tuple, str]]:
     elif isinstance(params, list):
         for i, item in enumerate(params):
             yield from _role_refs(item, (*path, i))
+
+
+def _known_options(backend: str) -> set[str]:
+    """What a backend's `options:` may hold (the same names its constructor accepts)."""
+    if backend in ("openai", "litellm"):
+        from reasonloom.backends.base import Capabilities
+
+        return {"timeout_s", "extra_body", "headers"} | set(Capabilities.model_fields)
+    if backend == "scripted":
+        import inspect
+
+        from reasonloom.backends.scripted import ScriptedBackend
+
+        return set(inspect.signature(ScriptedBackend).parameters) - {"model"}
+    return set()   # embedded/vllm: engine arguments go under `engine:`
+
+
+def _role_problem(role: RoleConfig) -> tuple[str, str] | None:
+    """(field, what is wrong) for a role its backend would refuse at build time."""
+    unknown = sorted(set(role.options) - _known_options(role.backend))
+    if unknown:
+        known = ", ".join(sorted(_known_options(role.backend))) or "none; use `engine:`"
+        return "options", (f"unknown option {unknown[0]!r} for backend {role.backend} "
+                           f"(known: {known})")
+    named = bool(role.endpoints) and all(e.model for e in role.endpoints)
+    if role.backend in ("openai", "litellm", "vllm") and not role.model and not named:
+        return "model", f"backend {role.backend} needs `model` (the name its server knows)"
+    return None
 
 
 def _key_problem(env_name: str | None, base_url: str | None, backend: str) -> str | None:
@@ -195,10 +236,7 @@ class Recipe:
             dotted, sep, raw = item.partition("=")
             if not sep or not dotted:
                 raise RecipeError("--set", 1, 1, (dotted,), f"expected path=value, got {item!r}")
-            try:
-                value = yaml.safe_load(raw) if raw else ""
-            except yaml.YAMLError:
-                value = raw
+            value = _override_value(item, dotted, raw)
             _set_path(data, dotted.strip(), value)
         try:
             spec = RecipeSpec.model_validate(data)
@@ -235,6 +273,9 @@ class Recipe:
                     and not role.api_key_env):
                 raise fail(("models", role_name), "an openai role needs base_url or "
                            "api_key_env", positions)
+            problem = _role_problem(role)
+            if problem:
+                raise fail((*here, problem[0]), problem[1], positions)
         for node_name, node in spec.nodes.items():
             for path, name in _role_refs(node.params, ("nodes", node_name, "params")):
                 if name not in roles and name not in ROLE_ALIASES:
@@ -255,9 +296,16 @@ class Recipe:
     def load(cls, path: str | Path, overrides: Iterable[str] = ()) -> "Recipe":
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except OSError as exc:
             raise RecipeError(str(path), 0, 0, (), f"cannot read recipe: {exc.strerror}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise RecipeError(str(path), line, col, (), f"not UTF-8 text (byte "
+                              f"0x{raw[exc.start]:02x})") from None
         return cls.from_text(text, str(path), overrides)
 
     # -- running ---------------------------------------------------------------------------

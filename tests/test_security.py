@@ -118,3 +118,90 @@ def test_serve_refuses_a_recipe_that_breaks_the_key_rules_one_line_each(tmp_path
     refused = [line for line in proc.stderr.splitlines() if "api_key_env" in line]
     assert len(refused) == 3 and "Traceback" not in proc.stderr
     assert SECRET not in proc.stderr
+
+
+# -- (b) every bad input: one located line, exit 2 -----------------------------------------------
+GOOD = "models: {s: {backend: scripted}}\nnodes: {a: {type: generate}}\n"
+BOMB = "".join(f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdef", "bcdefg"))
+
+
+def run_main(capsys, *argv: str) -> str:
+    from reasonloom.cli.main import main
+
+    assert main(list(argv)) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("a: [1, 2]\n[x]: 1\n", "2:1: (recipe): YAML: a key must be a plain name"),
+    ("? {a: 1}\n: 2\n", "a key must be a plain name"),
+    ("a:\n" + "  " + "[" * 3000 + "]" * 3000 + "\n", "nested more than 100 levels"),
+    ("a: " + "{b: " * 3000 + "1" + "}" * 3000 + "\n", "nested more than 100 levels"),
+    ("a: &a [*a]\n", "recursive alias"),
+    ("a: &a {b: {c: *a}}\n", "recursive alias"),
+    ("seed: " + "7" * 5000 + "\n", "1:7: (recipe): YAML: an integer of 5000 characters"),
+    (GOOD + "seed: 1\nseed: 2\n", "4:1: (recipe): YAML: duplicate key 'seed' (first at line 3"),
+    ("models: {s: {backend: openai, base_url: 'http://127.0.0.1:1/v1'}}\n"
+     "nodes: {a: {type: generate}}\n", "models.s.model: backend openai needs `model`"),
+    ("models: {s: {backend: scripted, options: {bogus: 1}}}\nnodes: {a: {type: generate}}\n",
+     "models.s.options: unknown option 'bogus'"),
+    ("models: {s: {backend: openai, model: m, base_url: 'http://127.0.0.1:1/v1', "
+     "options: {retries: 3}}}\nnodes: {a: {type: generate}}\n", "unknown option 'retries'"),
+    ("models: {s: {backend: embedded, options: {n: 1}}}\nnodes: {a: {type: generate}}\n",
+     "use `engine:`"),
+    ("a: &a 'x'\n" + BOMB + "h: [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n", "more than 100000 values"),
+])
+def test_bad_recipes_are_one_located_line(tmp_path, capsys, text, says):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert says in run_main(capsys, "validate", str(path))
+
+
+def test_invalid_utf8_recipe_names_line_and_column(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(GOOD.encode() + b"description: 'caf\xe9'\n")
+    assert "bad.yaml:3:18: (recipe): not UTF-8 text (byte 0xe9)" in run_main(capsys, "validate",
+                                                                            str(path))
+
+
+@pytest.mark.parametrize("value, says", [
+    ("&a [*a]", "recursive alias"),
+    ("a: &a 'x'\n" + BOMB + "h: [*g,*g,*g,*g,*g,*g,*g,*g,*g]", "more than 100000 values"),
+    ("9" * 5000, "an integer of 5000 characters"),
+    ("[" * 5000, "nested more than 100 levels"),
+    ("{a: 1, a: 2}", "duplicate key 'a'"),
+    ("!!python/object/apply:os.system ['true']", "tag"),
+])
+def test_set_values_pass_the_same_guards_as_files(tmp_path, capsys, value, says):
+    import time
+
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD)
+    t0 = time.monotonic()
+    line = run_main(capsys, "validate", str(path), "--set", f"nodes.a.params={value}")
+    assert line.startswith("--set:") and says in line
+    assert time.monotonic() - t0 < 10   # an alias bomb must not hang
+
+
+@pytest.mark.parametrize("row, says", [
+    (b'{"turns": []}', "turns must be a non-empty list"),
+    (b'{"turns": 5}', "turns must be a non-empty list"),
+    (b'{"question": "q", "id": {"a": 1}}', "'id' must be a string or an integer"),
+    (b'{"question": "q", "id": 1.5}', "'id' must be a string or an integer"),
+    (b'{"question": "q", "context": 5}', "'context' must be a string"),
+    (b'{"question": "q", "context": ["a"]}', "'context' must be a string"),
+    (b'{"question": 7}', "'question' must be a string"),
+    (b'{"question": "q", "answer": ' + b"1" * 5000 + b"}", "not a usable JSON line"),
+    (b"[" * 100_000, "not a usable JSON line (nested too deep)"),
+    (b'{"question": "a\\u0000b"}', "NUL characters"),
+    (b'{"question": "\\ud800"}', "lone surrogate"),
+    (b'{"question": "\xff\xfe\x00\x01"}', "not UTF-8 text"),
+    (bytes(range(128, 256)) + bytes(range(10)), "not UTF-8 text"),
+])
+def test_bad_dataset_rows_are_one_located_line(tmp_path, capsys, row, says):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"question": "fine", "answer": "1"}\n' + row + b"\n")
+    line = run_main(capsys, "run", "recipes/self_consistency.yaml", "--dataset", str(path))
+    assert "rows.jsonl:2: " in line and says in line

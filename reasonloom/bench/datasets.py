@@ -45,35 +45,67 @@ def load_jsonl(path: str, limit: int | None = None, fields: dict[str, str] | Non
     if not file.is_file():
         raise DatasetError(f"{path}: no such file")
     items: list[Item] = []
-    with file.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with file.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(f"{where}: not UTF-8 text (byte {exc.start + 1} of the "
+                                   f"line)") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: not a JSON line ({exc.msg})") from None
+                raise DatasetError(f"{where}: not a JSON line ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:   # 5,000-digit numbers, deep nesting
+                kind = "nested too deep" if isinstance(exc, RecursionError) else str(exc)[:80]
+                raise DatasetError(f"{where}: not a usable JSON line ({kind})") from None
             if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{lineno}: a row must be a JSON object")
-            question = row.get(fields["question"])
-            if question is None and "input" in row:   # key-value retrieval sets
-                question = row["input"]
-            if question is None and "turns" in row:   # MT-Bench: the first turn
-                question = row["turns"][0]
-            if not isinstance(question, str):
-                raise DatasetError(f"{path}:{lineno}: missing field {fields['question']!r}")
-            if require_answer and fields["answer"] not in row:
-                raise DatasetError(f"{path}:{lineno}: missing field {fields['answer']!r}")
-            answer = row.get(fields["answer"])
-            items.append(Item(id=row.get(fields["id"], row.get("question_id", lineno)),
-                              question=question,
-                              answer=None if answer is None else str(answer),
-                              context=row.get(fields["context"])))
+                raise DatasetError(f"{where}: a row must be a JSON object")
+            items.append(_item(row, fields, require_answer, where, lineno))
             if limit is not None and len(items) >= limit:
                 break
     if not items:
         raise DatasetError(f"{path}: no rows")
     return items
+
+
+def _item(row: dict[str, Any], fields: dict[str, str], require_answer: bool, where: str,
+          lineno: int) -> Item:
+    """One row as an Item, each field's type checked (the file is data from anywhere)."""
+    question = row.get(fields["question"])
+    if question is None and "input" in row:   # key-value retrieval sets
+        question = row["input"]
+    if question is None and "turns" in row:   # MT-Bench: the first turn
+        turns = row["turns"]
+        if not (isinstance(turns, list) and turns and isinstance(turns[0], str)):
+            raise DatasetError(f"{where}: turns must be a non-empty list of strings")
+        question = turns[0]
+    if not isinstance(question, str):
+        raise DatasetError(f"{where}: missing field {fields['question']!r}" if question is None
+                           else f"{where}: field {fields['question']!r} must be a string")
+    if require_answer and fields["answer"] not in row:
+        raise DatasetError(f"{where}: missing field {fields['answer']!r}")
+    answer = row.get(fields["answer"])
+    if isinstance(answer, (dict, list)):
+        raise DatasetError(f"{where}: field {fields['answer']!r} must be a string or a number")
+    item_id = row.get(fields["id"], row.get("question_id", lineno))
+    if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
+        raise DatasetError(f"{where}: field {fields['id']!r} must be a string or an integer")
+    context = row.get(fields["context"])
+    if context is not None and not isinstance(context, str):
+        raise DatasetError(f"{where}: field {fields['context']!r} must be a string")
+    text = question + (context or "")
+    if "\x00" in text:
+        raise DatasetError(f"{where}: text holds NUL characters (binary content)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:   # a lone surrogate (`"\ud800"`) that no tokenizer takes
+        raise DatasetError(f"{where}: text holds a lone surrogate (invalid unicode)") from None
+    return Item(id=item_id, question=question, answer=None if answer is None else str(answer),
+                context=context)
 
 
 def load_reasoning_gym(source: str, limit: int | None = None, seed: int = 0) -> list[Item]:
