@@ -205,3 +205,54 @@ def test_bad_dataset_rows_are_one_located_line(tmp_path, capsys, row, says):
     path.write_bytes(b'{"question": "fine", "answer": "1"}\n' + row + b"\n")
     line = run_main(capsys, "run", "recipes/self_consistency.yaml", "--dataset", str(path))
     assert "rows.jsonl:2: " in line and says in line
+
+
+# -- (c) durable runs -------------------------------------------------------------------------------
+SLOW = ("seed: 0\nmodels: {s: {backend: scripted, options: {delay_s: %s}}}\n"
+        "nodes: {a: {type: best_of_n, params: {n: 2, max_tokens: 8}}, "
+        "v: {type: majority, inputs: {candidates: a.candidates}}}\noutput: v\n")
+
+
+@pytest.mark.parametrize("run_id", ["../../x", "/etc/passwd", "a/b", "..", ".hidden", "x" * 65,
+                                    "a\x00b", "ü"])
+def test_resume_refuses_run_ids_with_path_characters(tmp_path, capsys, monkeypatch, run_id):
+    monkeypatch.setenv("REASONLOOM_HOME", str(tmp_path))
+    assert "not a run id" in run_main(capsys, "run", "--resume", run_id)
+    assert not (tmp_path.parent / "x.json").exists()
+
+
+@pytest.mark.parametrize("manifest, says", [
+    (b"{not json", "not JSON"), (b"[]", "not a JSON object"), (b'{"recipe": 5}', "'recipe'"),
+    (b'{"recipe": "r", "overrides": [], "rows": [{"id": {}}], "finished": {}}', "rows[0]"),
+    (b"[" * 100_000, "not JSON"),
+])
+def test_a_corrupt_manifest_is_one_line_saying_how_to_start_over(tmp_path, capsys, monkeypatch,
+                                                                  manifest, says):
+    monkeypatch.setenv("REASONLOOM_HOME", str(tmp_path))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "abc123.json").write_bytes(manifest)
+    line = run_main(capsys, "run", "--resume", "abc123")
+    assert "corrupt run file" in line and says in line and "start over" in line
+
+
+def test_a_second_process_on_the_same_run_gets_one_line_and_sends_nothing(tmp_path):
+    path = tmp_path / "slow.yaml"
+    path.write_text(SLOW % 3.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REASONLOOM_")}
+    env["REASONLOOM_HOME"] = str(tmp_path / "home")
+    first = subprocess.Popen([sys.executable, "-m", "reasonloom.cli.main", "run", str(path),
+                              "--input", "q"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        head = first.stderr.readline()   # "run ID (resume with: ...)"
+        run_id = head.split()[1]
+        second = cli("run", "--resume", run_id, home=tmp_path / "home")
+        one_located_line(second, f"run {run_id} is in progress in another process")
+        assert first.wait(60) == 0
+    finally:
+        first.kill()
+        first.wait()
+    again = cli("run", "--resume", run_id, home=tmp_path / "home")
+    assert again.returncode == 0, again.stderr
+    runs = tmp_path / "home" / "runs"
+    assert {p.stat().st_mode & 0o777 for p in runs.iterdir()} == {0o600}
+    assert not list(runs.glob("*.tmp"))

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from reasonloom.bench.datasets import DatasetError, load_jsonl
+from reasonloom.orchestrator.run_files import (RunFileError, RunLock, check_run_id, check_stores,
+                                               read_manifest, write_json)
 from reasonloom.recipe import RecipeError, load_recipe
 
 
@@ -64,25 +66,11 @@ def cost_line(result) -> str:
             f"{result.run_id}")
 
 
-def _manifest_path(run_id: str) -> Path:
-    from reasonloom.orchestrator.cache import runs_dir
-
-    return runs_dir() / f"{run_id}.json"
-
-
 def save_manifest(run_id: str, manifest: dict[str, Any]) -> None:
     """Atomic: a kill between two writes leaves the previous manifest, never half of one."""
-    path = _manifest_path(run_id)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, path)
+    from reasonloom.orchestrator.cache import runs_dir
 
-
-def load_manifest(run_id: str) -> dict[str, Any]:
-    path = _manifest_path(run_id)
-    if not path.exists():
-        raise DatasetError(f"--resume: no run {run_id!r} under {path.parent}")
-    return json.loads(path.read_text())
+    write_json(runs_dir() / f"{run_id}.json", manifest)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -92,10 +80,14 @@ def main(args: argparse.Namespace) -> int:
     from reasonloom.orchestrator.trace import TraceWriter
     from reasonloom.orchestrator.types import Problem
 
+    os.umask(0o077)   # run files hold prompts and answers: private to this user
+    lock = None
     try:
         if args.resume:
-            manifest = load_manifest(args.resume)
-            run_id = args.resume
+            run_id = check_run_id(args.resume)
+            lock = RunLock(run_id).__enter__()   # held until this process ends
+            manifest = read_manifest(run_id)
+            check_stores(run_id)
         else:
             if not args.recipe or (args.input is None and not args.dataset):
                 raise DatasetError("give RECIPE and --input or --dataset (or --resume RUN_ID)")
@@ -107,9 +99,10 @@ def main(args: argparse.Namespace) -> int:
                 rows = [{"id": 0, "question": _checked_text(args.input, "--input"),
                          "answer": None, "context": context}]
             run_id = uuid.uuid4().hex[:12]
+            lock = RunLock(run_id).__enter__()
             manifest = {"recipe": str(Path(args.recipe).resolve()), "overrides": args.set,
                         "rows": rows, "finished": {}}
-    except (DatasetError, OSError) as exc:
+    except (DatasetError, RunFileError, OSError) as exc:
         print(f"reasonloom run: {exc}", file=sys.stderr)
         return 2
     try:
@@ -135,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
         for index, row in enumerate(manifest["rows"]):
             done = manifest["finished"].get(str(index))
             if done is not None:   # finished before the kill: print what it gave
-                emit(row, done) if args.json else print(done["answer"]["text"])
+                emit(row, done) if args.json else print((done["answer"] or {}).get("text"))
                 continue
             problem = Problem.from_text(row["question"], id=row["id"], context=row["context"],
                                         gold=None if row["answer"] is None else str(row["answer"]))
@@ -189,3 +182,5 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if trace:
             trace.close()
+        if lock is not None:
+            lock.__exit__(None, None, None)
