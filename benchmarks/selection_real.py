@@ -168,8 +168,8 @@ def _scores_in_sample_order(samples: list, ranked: list) -> list[float]:
 
 def summarise(problems: list[Problem], results: list, round_robin: bool) -> dict:
     import numpy as np
-    from reasonloom.verifiers.weaver import (WeaverParams, frequency_scores, minmax,
-                                             weaver_fit, weaver_select)
+    from reasonloom.verifiers.rules import answer_frequencies
+    from reasonloom.verifiers.weaver import WeaverParams, minmax, weaver_fit, weaver_select
 
     picks: dict[str, list[bool]] = {m: [] for m in VERIFIER_NODES}
     columns: dict[str, list[float]] = {"judge": [], "logprob": [], "v1": []}
@@ -198,7 +198,7 @@ def summarise(problems: list[Problem], results: list, round_robin: bool) -> dict
     params = WeaverParams()
     names = ["judge", "logprob", "v1", "frequency"]
     matrix = np.column_stack([np.array(columns[n], float) for n in names[:3]]
-                             + [frequency_scores(answers, index)])
+                             + [answer_frequencies(answers, index)])
     # naive average: Weaver's own normalisation (frequency within each problem), then the mean
     normalised = np.column_stack([minmax(matrix[:, j], index if n in params.per_problem
                                          else None) for j, n in enumerate(names)])

@@ -44,8 +44,9 @@ from reasonloom.orchestrator.types import Candidate  # noqa: E402
 from reasonloom.strategies.tournament import (Comparison, RoundRobinPlan,  # noqa: E402
                                               TournamentPlan)
 from reasonloom.verifiers.answers import majority_answer  # noqa: E402
-from reasonloom.verifiers.weaver import (LabelModel, WeaverParams, frequency_scores,  # noqa: E402
-                                         minmax, weaver_fit, weaver_select)
+from reasonloom.verifiers.rules import answer_frequencies  # noqa: E402
+from reasonloom.verifiers.weaver import (LabelModel, WeaverParams, minmax,  # noqa: E402
+                                         weaver_fit, weaver_select)
 
 SETTING = {
     "samples_per_problem": 16,
@@ -128,7 +129,7 @@ def flat(world: World) -> tuple[np.ndarray, list[int], list[str], np.ndarray]:
     """Items as rows: scores (items x 6, answer frequency last), problem index, answers."""
     index = np.repeat(np.arange(world.problems), world.n)
     answers = world.answers.reshape(-1).tolist()
-    freq = frequency_scores(answers, index)
+    freq = np.asarray(answer_frequencies(answers, index))
     scores = np.column_stack([world.scores.reshape(-1, 5), freq])
     return scores, index.tolist(), answers, world.correct.reshape(-1)
 

@@ -11,8 +11,9 @@ from reasonloom.backends.scripted import ScriptedBackend
 from reasonloom.orchestrator.graph import Graph
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec
 from reasonloom.orchestrator.scheduler import run
-from reasonloom.verifiers.weaver import (LabelModel, WeaverParams, fit_label_model,
-                                         frequency_scores, minmax, weaver_fit, weaver_select)
+from reasonloom.verifiers.rules import answer_frequencies
+from reasonloom.verifiers.weaver import (LabelModel, WeaverParams, fit_label_model, minmax,
+                                         weaver_fit, weaver_select)
 
 PLANTED = [(0.9, 0.2), (0.85, 0.25), (0.8, 0.15), (0.75, 0.3), (0.7, 0.2)]
 
@@ -80,7 +81,7 @@ def test_minmax_scales_per_column_or_per_group_and_keeps_nan():
 
 
 def test_frequency_counts_equal_answers_within_each_problem():
-    freq = frequency_scores(["1/2", "0.5", "3", "7", "7", None], [0, 0, 0, 1, 1, 1])
+    freq = answer_frequencies(["1/2", "0.5", "3", "7", "7", None], [0, 0, 0, 1, 1, 1])
     assert np.allclose(freq, [2 / 3, 2 / 3, 1 / 3, 2 / 3, 2 / 3, 0.0])
 
 
@@ -125,7 +126,7 @@ def test_weaver_beats_majority_when_verifiers_carry_signal():
     votes = (rng.random(p.shape) < p).astype(float)
     index = np.repeat(np.arange(problems), n)
     scores = np.column_stack([votes * 0.5 + 0.5 * rng.random(votes.shape),
-                              frequency_scores(answers, index)])
+                              answer_frequencies(answers, index)])
     fit = weaver_fit(scores, index, [f"v{i}" for i in range(5)] + ["frequency"], WeaverParams())
     chosen = weaver_select(fit.posterior, index, answers)
     weaver_acc = np.mean([truth[chosen[q]] for q in range(problems)])

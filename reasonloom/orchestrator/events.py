@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
-
-EventKind = Literal["run_started", "run_finished", "node_started", "node_finished",
-                    "node_failed", "partial_output", "token_delta", "call_finished", "error"]
-
+from typing import Any, Callable
 
 @dataclass(slots=True)
 class Event:

@@ -18,7 +18,7 @@ from reasonloom.backends.errors import CapabilityMissing
 from reasonloom.orchestrator.context import RunContext
 from reasonloom.orchestrator.roles import Role
 from reasonloom.orchestrator.types import Candidate, Message
-from reasonloom.verifiers.answers import canonical, extract_answer
+from reasonloom.verifiers.answers import answer_of, canonical
 
 R = TypeVar("R")
 
@@ -101,8 +101,7 @@ async def candidate_confidences(ctx: RunContext, scorer: Role, population: Seque
 
 
 def member_answer(member: Member) -> str | None:
-    c = member.candidate
-    return c.answer if c.answer is not None else extract_answer(c.text)
+    return answer_of(member.candidate)
 
 
 # -- routing -------------------------------------------------------------------------------

@@ -4,11 +4,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections import Counter
 from fractions import Fraction
 from typing import Callable, Sequence
 
-from reasonloom.orchestrator.types import Candidate
+from reasonloom.orchestrator.types import Answer, Candidate
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*[:=]?\s*\$?([^\n$]+?)\$?\s*(?:\.\s|\.$|$|\n)",
@@ -147,6 +146,11 @@ def canonical(answer: str) -> str:
     return _folded(answer)
 
 
+def answer_of(candidate: Candidate | Answer) -> str | None:
+    """The answer a strategy extracted, else the one extracted from the candidate's text."""
+    return candidate.answer if candidate.answer is not None else extract_answer(candidate.text)
+
+
 def majority_answer(candidates: Sequence[Candidate],
                     tie_break: Callable[[list[Candidate]], float] | None = None,
                     ) -> tuple[str | None, list[Candidate]]:
@@ -154,7 +158,7 @@ def majority_answer(candidates: Sequence[Candidate],
     `tie_break(supporters)` (e.g. mean confidence), then to the first seen."""
     groups: dict[str, list[Candidate]] = {}
     for cand in candidates:
-        answer = cand.answer if cand.answer is not None else extract_answer(cand.text)
+        answer = answer_of(cand)
         if answer is None:
             continue
         groups.setdefault(canonical(answer), []).append(cand)
@@ -165,9 +169,4 @@ def majority_answer(candidates: Sequence[Candidate],
                                      tie_break(groups[k]) if tie_break else 0.0,
                                      -order.index(k)))
     supporters = groups[best]
-    first = supporters[0]
-    return (first.answer if first.answer is not None else extract_answer(first.text)), supporters
-
-
-def answer_counts(candidates: Sequence[Candidate]) -> Counter:
-    return Counter(canonical(c.answer) for c in candidates if c.answer is not None)
+    return answer_of(supporters[0]), supporters

@@ -14,7 +14,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 from reasonloom.orchestrator.types import Answer, Candidate, Candidates, Problem
-from reasonloom.verifiers.answers import extract_answer
+from reasonloom.verifiers.answers import answer_of
 
 if TYPE_CHECKING:
     from reasonloom.orchestrator.context import RunContext
@@ -76,7 +76,7 @@ def selection_outputs(candidates: Sequence[Candidate], scores: Sequence[float],
     if not candidates:
         raise ValueError("no candidates to select from")
     scored = [c.model_copy(update={
-        "score": float(s), "answer": c.answer if c.answer is not None else extract_answer(c.text)})
+        "score": float(s), "answer": answer_of(c)})
         for c, s in zip(candidates, scores)]
     order = sorted(range(len(scored)), key=lambda i: -_rank_key(scored[i].score))
     if best is not None:

@@ -13,17 +13,13 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Literal, Sequence
 
 from reasonloom.orchestrator.types import Candidate, Problem
-from reasonloom.verifiers.answers import answers_equal, as_number, canonical, extract_answer
+from reasonloom.verifiers.answers import answer_of, answers_equal, as_number, canonical
 from reasonloom.verifiers.sandbox import SandboxLimits, arun_code, extract_code
 
 if TYPE_CHECKING:
     from reasonloom.orchestrator.context import RunContext
 
 EquivalenceMode = Literal["math", "numeric", "exact"]
-
-
-def answer_of(candidate: Candidate) -> str | None:
-    return candidate.answer if candidate.answer is not None else extract_answer(candidate.text)
 
 
 def numeric_equal(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
@@ -38,9 +34,14 @@ def numeric_equal(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
     return abs(na - nb) <= Fraction(rel_tol) * max(abs(na), abs(nb))
 
 
+def plain_text(text: str) -> str:
+    """Whitespace runs folded, case folded, a closing full stop dropped: "Paris." -> "paris"."""
+    return " ".join(text.split()).lower().rstrip(".")
+
+
 def exact_equal(a: str | None, b: str | None) -> bool:
-    """Equal after trimming whitespace and case (multiple-choice letters, names)."""
-    return a is not None and b is not None and a.strip().lower() == b.strip().lower()
+    """Equal as plain text (multiple-choice letters, names, codes)."""
+    return a is not None and b is not None and plain_text(a) == plain_text(b)
 
 
 def equivalent(a: str | None, b: str | None, mode: EquivalenceMode = "math") -> bool:
@@ -71,16 +72,19 @@ class ReferenceVerifier:
             float(equivalent(answer_of(c), reference, self.mode)) for c in candidates])
 
 
-def answer_frequencies(candidates: Sequence[Candidate]) -> list[float]:
-    """Share of the candidates whose extracted answer matches each one's (0 without one)."""
-    keys = [answer_of(c) for c in candidates]
-    keys = [canonical(k) if k is not None else None for k in keys]
-    counts: dict[str, int] = {}
-    for key in keys:
+def answer_frequencies(answers: Sequence[str | None],
+                       problem_index: Sequence[int] | None = None) -> list[float]:
+    """For each answer, the share of its problem's answers that agree with it (0 without one).
+    `problem_index` says which problem each answer belongs to (default: all to one)."""
+    keys = [canonical(a) if a is not None else None for a in answers]
+    problems = list(problem_index) if problem_index is not None else [0] * len(keys)
+    counts: dict[tuple[int, str], int] = {}
+    sizes: dict[int, int] = {}
+    for problem, key in zip(problems, keys):
+        sizes[problem] = sizes.get(problem, 0) + 1
         if key is not None:
-            counts[key] = counts.get(key, 0) + 1
-    total = len(candidates) or 1
-    return [counts[k] / total if k is not None else 0.0 for k in keys]
+            counts[problem, key] = counts.get((problem, key), 0) + 1
+    return [counts[p, k] / sizes[p] if k is not None else 0.0 for p, k in zip(problems, keys)]
 
 
 class AnswerFrequencyVerifier:
@@ -90,7 +94,7 @@ class AnswerFrequencyVerifier:
 
     async def score(self, problem: Problem, candidates: Sequence[Candidate], ctx: RunContext,
                     call_key: str = "score") -> list[float]:
-        return answer_frequencies(candidates)
+        return answer_frequencies([answer_of(c) for c in candidates])
 
 
 class CodeTestVerifier:

@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field
 from reasonloom.orchestrator.context import RunContext
 from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.types import Candidates, FrozenModel
-from reasonloom.verifiers.answers import canonical, extract_answer
+from reasonloom.verifiers.answers import answer_of, canonical
 from reasonloom.verifiers.base import PointwiseVerifier, selection_outputs
 from reasonloom.verifiers.judges import MeanLogprobVerifier, PointwiseJudge
 from reasonloom.verifiers.rules import AnswerFrequencyVerifier
@@ -124,18 +124,6 @@ def minmax(scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
             continue
         lo, hi = np.nanmin(col), np.nanmax(col)
         out[rows] = (col - lo) / (hi - lo) if hi > lo else np.where(np.isnan(col), np.nan, 1.0)
-    return out
-
-
-def frequency_scores(answers: Sequence[str | None], problem_index: Sequence[int]) -> np.ndarray:
-    """Share of a problem's samples that give each sample's answer (0 without an answer)."""
-    out = np.zeros(len(answers))
-    index = np.asarray(problem_index)
-    for p in np.unique(index):
-        rows = np.flatnonzero(index == p)
-        keys = [canonical(answers[i]) if answers[i] is not None else None for i in rows]
-        for r, key in zip(rows, keys):
-            out[r] = keys.count(key) / len(rows) if key is not None else 0.0
     return out
 
 
@@ -245,7 +233,7 @@ def build_verifiers(cfg: WeaverConfig) -> list[PointwiseVerifier]:
 async def weaver(inputs: dict, cfg: WeaverConfig, ctx: RunContext) -> dict:
     candidates = Candidates(inputs["candidates"])
     candidates = Candidates(c if c.answer is not None else
-                            c.model_copy(update={"answer": extract_answer(c.text)})
+                            c.model_copy(update={"answer": answer_of(c)})
                             for c in candidates)
     verifiers = build_verifiers(cfg)
     columns = await asyncio.gather(*(v.score(inputs["problem"], candidates, ctx, "weaver")
