@@ -34,16 +34,16 @@ import asyncio
 import math
 import random
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 from pydantic import Field
 
 from reasonloom.orchestrator.context import RunContext
 from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.types import Candidate, Candidates, FrozenModel, Problem
-from reasonloom.verifiers.base import PairwiseVerifier, PointwiseVerifier, selection_outputs
-from reasonloom.verifiers.judges import MeanLogprobVerifier, PairwiseJudge, PointwiseJudge
-from reasonloom.verifiers.rules import AnswerFrequencyVerifier, ReferenceVerifier
+from reasonloom.verifiers.base import PairwiseVerifier, selection_outputs
+from reasonloom.verifiers.judges import PairwiseJudge
+from reasonloom.verifiers.registry import PointwiseName, VerifierParams, pointwise_verifier
 
 Pair = tuple[int, int]   # (shown first as A, shown second as B)
 
@@ -302,25 +302,11 @@ async def round_robin(inputs: dict, cfg: RoundRobinConfig, ctx: RunContext) -> d
     return _plan_outputs(plan, candidates, cfg.top_k)
 
 
-class PointwiseSelectConfig(FrozenModel):
+class PointwiseSelectConfig(VerifierParams):
     """Best-of-N with one pointwise verifier: the candidate it scores highest wins."""
 
-    verifier: Literal["judge", "logprob", "frequency", "reference"] = "judge"
-    judge: str = "strongest"       # role of the pointwise judge
-    scorer: str = "cheapest"       # role that reads log-probs (verifier: logprob)
-    mode: Literal["auto", "logprob", "rating"] = "auto"   # judge: P(yes) or a 1-10 rating
-    max_tokens: int = Field(512, ge=1)                     # judge, rating mode
+    verifier: PointwiseName = "judge"
     top_k: int | None = Field(None, ge=1)
-
-
-def pointwise_verifier(cfg: PointwiseSelectConfig) -> PointwiseVerifier:
-    if cfg.verifier == "judge":
-        return PointwiseJudge(cfg.judge, mode=cfg.mode, max_tokens=cfg.max_tokens)
-    if cfg.verifier == "logprob":
-        return MeanLogprobVerifier(cfg.scorer)
-    if cfg.verifier == "frequency":
-        return AnswerFrequencyVerifier()
-    return ReferenceVerifier()
 
 
 @register_node("pointwise_select", PointwiseSelectConfig,
@@ -328,6 +314,6 @@ def pointwise_verifier(cfg: PointwiseSelectConfig) -> PointwiseVerifier:
                outputs={"answer": "answer", "candidates": "candidates"})
 async def pointwise_select(inputs: dict, cfg: PointwiseSelectConfig, ctx: RunContext) -> dict:
     candidates = Candidates(inputs["candidates"])
-    verifier = pointwise_verifier(cfg)
+    verifier = pointwise_verifier(cfg.verifier, cfg)
     scores = await verifier.score(inputs["problem"], candidates, ctx, "pointwise")
     return selection_outputs(candidates, scores, cfg.top_k, {"verifier": verifier.name})

@@ -44,9 +44,8 @@ from reasonloom.orchestrator.context import RunContext
 from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.types import Candidates, FrozenModel
 from reasonloom.verifiers.answers import answer_of, canonical
-from reasonloom.verifiers.base import PointwiseVerifier, selection_outputs
-from reasonloom.verifiers.judges import MeanLogprobVerifier, PointwiseJudge
-from reasonloom.verifiers.rules import AnswerFrequencyVerifier
+from reasonloom.verifiers.base import selection_outputs
+from reasonloom.verifiers.registry import VerifierParams, pointwise_verifier
 
 _EPS = 1e-4   # rates are kept inside (eps, 1 - eps) so log-odds stay finite
 
@@ -200,10 +199,10 @@ def weaver_select(posterior: Sequence[float], problem_index: Sequence[int],
     return chosen
 
 
-VerifierName = Literal["judge", "frequency", "logprob"]
+VerifierName = Literal["judge", "frequency", "logprob"]   # no `reference`: Weaver has no gold
 
 
-class WeaverConfig(FrozenModel):
+class WeaverConfig(VerifierParams):
     """Weaver (arXiv 2506.18203) as a selecting node over one problem's candidates.
 
     With no `label_model` the latent-class model is fitted by EM on these candidates alone
@@ -211,21 +210,9 @@ class WeaverConfig(FrozenModel):
     """
 
     verifiers: tuple[VerifierName, ...] = ("judge", "frequency", "logprob")
-    judge: str = "strongest"      # role of the pointwise judge
-    scorer: str = "cheapest"      # role that reads the mean token log-prob
-    judge_mode: Literal["auto", "logprob", "rating"] = "auto"
-    judge_max_tokens: int = Field(512, ge=1)
     params: WeaverParams = WeaverParams()
     label_model: LabelModel | None = None
     top_k: int | None = Field(None, ge=1)
-
-
-def build_verifiers(cfg: WeaverConfig) -> list[PointwiseVerifier]:
-    made: dict[str, PointwiseVerifier] = {
-        "judge": PointwiseJudge(cfg.judge, mode=cfg.judge_mode, max_tokens=cfg.judge_max_tokens),
-        "frequency": AnswerFrequencyVerifier(),
-        "logprob": MeanLogprobVerifier(cfg.scorer)}
-    return [made[name] for name in dict.fromkeys(cfg.verifiers)]
 
 
 @register_node("weaver", WeaverConfig, inputs={"problem": "problem", "candidates": "candidates"},
@@ -235,7 +222,7 @@ async def weaver(inputs: dict, cfg: WeaverConfig, ctx: RunContext) -> dict:
     candidates = Candidates(c if c.answer is not None else
                             c.model_copy(update={"answer": answer_of(c)})
                             for c in candidates)
-    verifiers = build_verifiers(cfg)
+    verifiers = [pointwise_verifier(name, cfg) for name in dict.fromkeys(cfg.verifiers)]
     columns = await asyncio.gather(*(v.score(inputs["problem"], candidates, ctx, "weaver")
                                      for v in verifiers))
     names = [v.name for v in verifiers]
