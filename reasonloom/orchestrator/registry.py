@@ -20,16 +20,10 @@ class NodeType:
 
 
 _REGISTRY: dict[str, NodeType] = {}
-# Modules that register node types when imported; recipes never import anything else.
-_BUILTIN_MODULES = (
-    "reasonloom.strategies.sampling",
-    "reasonloom.strategies.evolve",
-    "reasonloom.strategies.tournament",
-    "reasonloom.strategies.moa",
-    "reasonloom.strategies.chunked",
-    "reasonloom.verifiers.weaver",
-)
-_builtins_loaded = False
+# Packages declare their node modules in this entry-point group (reasonloom's own list is
+# reasonloom/nodes.py), so the orchestrator loads node types without importing a layer above.
+NODE_ENTRY_POINTS = "reasonloom.nodes"
+_entry_points_loaded = False
 
 
 def register_node(name: str, config_model: type[BaseModel], inputs: Mapping[str, str],
@@ -49,31 +43,25 @@ def register_node(name: str, config_model: type[BaseModel], inputs: Mapping[str,
     return decorate
 
 
-def load_builtin_nodes() -> None:
-    """Import the shipped strategy modules (lazily: only a recipe or graph needs them)."""
-    global _builtins_loaded
-    if _builtins_loaded:
+def load_node_modules() -> None:
+    """Import every module in the `reasonloom.nodes` entry-point group, once (lazily: only a
+    recipe or graph needs them)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
         return
-    import importlib
+    from importlib.metadata import entry_points
 
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # a real import error inside the module
-                raise
-    _builtins_loaded = True
+    for entry in entry_points(group=NODE_ENTRY_POINTS):
+        entry.load()
+    _entry_points_loaded = True
 
 
 def get_node_type(name: str) -> NodeType:
     if name not in _REGISTRY:
-        load_builtin_nodes()
+        load_node_modules()
     if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
+        known = ", ".join(sorted(_REGISTRY)) or (
+            f"none: no `{NODE_ENTRY_POINTS}` entry point; reinstall with `pip install -e .`")
         raise KeyError(f"unknown node type {name!r} (known: {known})")
     return _REGISTRY[name]
 
-
-def node_types() -> dict[str, NodeType]:
-    load_builtin_nodes()
-    return dict(_REGISTRY)
