@@ -9,11 +9,14 @@ Example:
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import inspect
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -80,30 +83,71 @@ def _authorized(request: Request, api_keys: Sequence[str]) -> str:
     return _key_id(token)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise ApiError(413, f"request body over the {limit}-byte limit",
                        code="request_too_large")
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise ApiError(413, f"request body over the {limit}-byte limit",
-                           code="request_too_large")
+    try:   # a client that sends its body a byte at a time (or never) loses its slot
+        async with asyncio.timeout(timeout_s):
+            async for piece in request.stream():
+                body += piece
+                if len(body) > limit:
+                    raise ApiError(413, f"request body over the {limit}-byte limit",
+                                   code="request_too_large")
+    except TimeoutError:
+        raise ApiError(400, f"request body not received within {timeout_s:g} s",
+                       code="request_timeout") from None
     return bytes(body)
+
+
+async def _start_engines(catalog: Catalog, state: Any) -> None:
+    """Start every local engine the recipes use before reporting ready: the first request
+    must not wait minutes for an engine that `/v1/models` already announced."""
+    t0 = time.monotonic()
+    started: set[int] = set()
+    for served in catalog.recipes.values():
+        for name in served.roles:
+            backend = served.roles[name].backend
+            starter = getattr(backend, "engine", None)
+            if id(backend) in started or not inspect.iscoroutinefunction(starter):
+                continue
+            started.add(id(backend))
+            log.info("starting the engine of %s (role %s)", served.name, name)
+            try:
+                await starter()
+            except Exception as exc:   # the requests that need it will report it
+                log.error("engine of %s (role %s) did not start: %s: %s", served.name, name,
+                          type(exc).__name__, str(exc)[:200])
+    state.ready = True
+    log.info("ready: %d engines started in %.1f s", len(started), time.monotonic() - t0)
 
 
 def create_app(catalog: Catalog, *, api_key: str | Sequence[str] | None = None,
                max_running: int = 64, max_running_per_key: int | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+               max_body_bytes: int = MAX_BODY_BYTES, body_timeout_s: float = 30.0) -> Any:
     """`api_key`: one key or several (each client its own); `max_running_per_key`: runs one
     key may have in progress at once (None: only the server-wide `max_running`)."""
     api_keys = (api_key,) if isinstance(api_key, str) else tuple(api_key or ())
-    app = FastAPI(title="reasonloom", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.ensure_future(_start_engines(catalog, app.state))
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    app = FastAPI(title="reasonloom", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     counter = RunCounter(max_running, max_running_per_key)
     started = int(time.time())
-    app.state.catalog, app.state.runs = catalog, counter
+    app.state.catalog, app.state.runs, app.state.ready = catalog, counter, False
+
+    def require_ready() -> None:
+        if not app.state.ready:
+            raise ApiError(503, "the recipes' engines are starting; retry shortly",
+                           code="starting")
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -116,6 +160,7 @@ def create_app(catalog: Catalog, *, api_key: str | Sequence[str] | None = None,
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        require_ready()
         return {"status": "ok", "models": len(catalog.recipes), "running": counter.running}
 
     def model_card(name: str) -> dict[str, Any]:
@@ -126,6 +171,7 @@ def create_app(catalog: Catalog, *, api_key: str | Sequence[str] | None = None,
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         _authorized(request, api_keys)
+        require_ready()
         return {"object": "list", "data": [model_card(n) for n in sorted(catalog.recipes)]}
 
     @app.get("/v1/models/{name}")
@@ -137,7 +183,7 @@ def create_app(catalog: Catalog, *, api_key: str | Sequence[str] | None = None,
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         key_id = _authorized(request, api_keys)
-        req = parse_request(await _read_body(request, max_body_bytes))
+        req = parse_request(await _read_body(request, max_body_bytes, body_timeout_s))
         served = catalog.get(req.model)
         handle = RunHandle(served, req, counter, stream=bool(req.stream), key_id=key_id)
         if req.stream:

@@ -24,6 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="runs one API key may have in progress at once; more get 429 "
                    "(default: no per-key limit)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="close a connection whose request headers are not in after S seconds")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="a request body must arrive within S seconds (else 400)")
+    p.add_argument("--idle-timeout", type=float, default=5.0, metavar="S",
+                   help="close a keep-alive connection idle for S seconds")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
@@ -41,9 +47,13 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def main(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     from reasonloom.serve.app import create_app
     from reasonloom.serve.catalog import Catalog
+    from reasonloom.serve.limits import header_deadline, raise_fd_limit
+
+    os.umask(0o077)   # whatever the server writes (logs, caches) is private
 
     if not os.path.isdir(args.recipes):
         print(f"reasonloom serve: --recipes {args.recipes}: no such folder", file=sys.stderr)
@@ -69,13 +79,19 @@ def main(args: argparse.Namespace) -> int:
                         "%(message)s")
     app = create_app(catalog, api_key=api_keys, max_running=args.max_running,
                      max_running_per_key=args.max_running_per_key,
-                     max_body_bytes=args.max_body_bytes)
+                     max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout)
     port = sock.getsockname()[1]
     print(f"reasonloom serve: {len(catalog.recipes)} models at http://{args.host}:{port}/v1 "
           f"({', '.join(sorted(catalog.recipes))}); key "
           f"{'required' if api_keys else 'not required'}", file=sys.stderr, flush=True)
+    fds = raise_fd_limit()
+    logging.getLogger("reasonloom.serve").info("open-file limit %d; header/body/idle timeouts "
+                                               "%g/%g/%g s", fds, args.header_timeout,
+                                               args.body_timeout, args.idle_timeout)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
-                            timeout_graceful_shutdown=5, backlog=4096)
+                            timeout_graceful_shutdown=5, backlog=4096,
+                            timeout_keep_alive=max(1, round(args.idle_timeout)),
+                            http=header_deadline(AutoHTTPProtocol, args.header_timeout))
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:   # uvicorn re-raises the Ctrl-C it handled: a clean stop

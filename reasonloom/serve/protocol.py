@@ -19,7 +19,7 @@ from reasonloom.orchestrator.types import Message, Problem, Usage
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 404: "invalid_request_error", 413: "invalid_request_error",
-                429: "rate_limit_error", 500: "server_error"}
+                429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
 
 class ApiError(Exception):
@@ -70,12 +70,12 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=2**31)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2**31)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
-    n: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=-2**63, le=2**64)
+    n: int | None = Field(None, ge=1, le=2**31)
     user: str | None = None                     # metadata about the caller, not a parameter
     metadata: dict[str, Any] | None = None
     x_reasonloom_budget: BudgetSpec | None = None
@@ -107,8 +107,18 @@ def parse_request(raw: bytes) -> ChatRequest:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "the request body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply") from None
+    except ValueError as exc:   # an integer past Python's 4,300-digit conversion limit
+        raise ApiError(400, f"the request body is not usable JSON: {str(exc)[:80]}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    try:   # a lone surrogate (`"\ud800"`) is valid JSON but no text a model can take
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request holds invalid unicode (a lone surrogate)") from None
+    except RecursionError:   # nesting under the parser's limit but over the encoder's
+        raise ApiError(400, "the request body is nested too deeply") from None
     try:
         req = ChatRequest.model_validate(data)
     except ValidationError as exc:

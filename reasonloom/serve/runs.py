@@ -16,6 +16,7 @@ from reasonloom.orchestrator.events import Event
 from reasonloom.orchestrator.ledger import UsageReport
 from reasonloom.orchestrator.result import RunFailed, RunResult
 from reasonloom.serve.catalog import ServedRecipe
+from reasonloom.serve.limits import error_kind, public_event
 from reasonloom.serve.protocol import (ApiError, ChatRequest, ChunkWriter, comment_frame,
                                        completion_json, data_frame, to_problem)
 
@@ -55,7 +56,8 @@ class RunHandle:
         self.queue: asyncio.Queue = asyncio.Queue()
         recipe = served.for_request(req)   # raises ApiError(400) before anything runs
         problem = to_problem(req.messages, self.run_id)
-        kwargs: dict[str, Any] = {"budget": served.budget_for(req)}
+        # no per-request cache: a cached recipe would leave one run file per request forever
+        kwargs: dict[str, Any] = {"budget": served.budget_for(req), "cache": "off"}
         if req.seed is not None:
             kwargs["seed"] = req.seed
         counter.admit(key_id)
@@ -97,13 +99,14 @@ class RunHandle:
 
     def _failure(self, exc: RunFailed) -> ApiError:
         failures = [f for f in exc.result.failures if f.cancelled_because is None]
-        for f in failures:
-            kind = f.error.split(":", 1)[0]
-            if kind in CLIENT_ERRORS:
-                return ApiError(400, f"node {f.node}: {f.error[:300]}",
-                                code=CLIENT_ERRORS[kind])
-        where = ", ".join(f"{f.node} ({f.error.split(':', 1)[0]})" for f in failures[:3])
+        # the client learns the kind of error; the upstream's address and text stay in the log
         log.error("run %s of %s failed: %s", self.run_id, self.served.name, str(exc)[:300])
+        for f in failures:
+            kind = error_kind(f.error)
+            if kind in CLIENT_ERRORS:
+                return ApiError(400, f"node {f.node}: {kind} (the request does not fit the "
+                                f"recipe's model)", code=CLIENT_ERRORS[kind])
+        where = ", ".join(f"{f.node} ({error_kind(f.error)})" for f in failures[:3])
         return ApiError(500, f"run {self.run_id} failed in {where or 'the recipe'}")
 
 
@@ -197,7 +200,10 @@ async def stream_frames(handle: RunHandle) -> AsyncIterator[bytes]:
                 elif event.kind in PROGRESS_EVENTS:
                     if event.kind == "call_finished":
                         cost += event.data.get("cost_usd", 0.0)
-                    frames.append(comment_frame(_progress(event, cost)))
+                    elif event.kind in ("node_failed", "error"):
+                        log.warning("run %s: %s %s: %s", handle.run_id, event.kind, event.node,
+                                    str(event.data.get("error"))[:300])
+                    frames.append(comment_frame(public_event(_progress(event, cost))))
             if frames:
                 yield b"".join(frames)
         try:
