@@ -14,11 +14,11 @@ from typing import Any, Iterable
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from reasonloom.backends.key_policy import name_problem, route_problem
-from reasonloom.backends.spec import BackendKind, BackendSpec, Endpoint, ReplicaRouting
+from reasonloom.backends.spec import BackendSpec, Endpoint
 from reasonloom.orchestrator.budget import BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode
 from reasonloom.orchestrator.graph import Graph, GraphError
-from reasonloom.orchestrator.roles import RetryPolicy, Role, Roles, RoleSpec
+from reasonloom.orchestrator.roles import Role, Roles, RoleSpec, RoleTerms
 from reasonloom.orchestrator.types import FrozenModel, Problem
 from reasonloom.recipe_yaml import YamlSyntaxError, load_with_positions, position_of
 
@@ -27,33 +27,18 @@ ROLE_KEYS = {"role", "roles", "scorer", "judge", "aggregator", "initial_role"}
 ROLE_ALIASES = {"strongest", "cheapest"}
 
 
-class RoleConfig(FrozenModel):
-    """One `models:` entry: where the model lives, what it costs, how hard to push it."""
+class RoleConfig(RoleTerms, BackendSpec):
+    """One `models:` entry: where the model lives (BackendSpec), what it costs and how hard to
+    push it (RoleTerms), and the engine-side extras of an embedded/vllm role."""
 
-    backend: BackendKind = "embedded"
-    model: str = ""
-    base_url: str | None = None
-    api_key_env: str | None = None      # the NAME of the environment variable, never the key
-    engine: dict[str, Any] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)
-    price_in_per_m: float = Field(0.0, ge=0)
-    price_out_per_m: float = Field(0.0, ge=0)
-    concurrency: int = Field(64, ge=1)
-    rate_limit: float | None = Field(None, gt=0)
-    retry: RetryPolicy = RetryPolicy()
-    timeout_s: float | None = Field(None, gt=0)
     steering: dict[str, Any] | None = None
     speculative: str | dict[str, Any] | None = None
-    # several servers of one model: [{base_url: ..., model: ..., api_key_env: ...}, ...]
-    endpoints: list[Endpoint] | None = None
-    routing: ReplicaRouting = ReplicaRouting()
 
     @field_validator("endpoints")
     @classmethod
-    def _replicas_of_a_server_backend(cls, value: list[Endpoint] | None,
-                                      info: ValidationInfo) -> list[Endpoint] | None:
-        if value is None:
-            return value
+    def _replicas_of_a_server_backend(cls, value: tuple[Endpoint, ...],
+                                      info: ValidationInfo) -> tuple[Endpoint, ...]:
+        # runs only when a recipe gives `endpoints:`
         backend = info.data.get("backend")
         if backend not in ("openai", "litellm"):
             raise ValueError(f"endpoints are OpenAI-compatible servers: use `backend: openai` "
@@ -83,22 +68,14 @@ class RoleConfig(FrozenModel):
             raise ValueError(f"speculative{'.' + where if where else ''}: {err['msg']}") from None
         return value
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _is_a_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.replace("_", "").isalnum():
-            raise ValueError("api_key_env must be an environment variable NAME, not a key")
-        return value
-
     def backend_spec(self) -> BackendSpec:
         engine = dict(self.engine)
         if self.steering is not None:
             engine["reasonloom_steering"] = self.steering
         if self.speculative is not None:
             engine["reasonloom_speculative"] = self.speculative
-        return BackendSpec(backend=self.backend, model=self.model, base_url=self.base_url,
-                           api_key_env=self.api_key_env, engine=engine, options=self.options,
-                           endpoints=tuple(self.endpoints or ()), routing=self.routing)
+        return BackendSpec(**{**{name: getattr(self, name) for name in BackendSpec.model_fields},
+                              "engine": engine})
 
 
 class NodeConfig(FrozenModel):
@@ -314,9 +291,7 @@ class Recipe:
 
         roles = {}
         for name, cfg in self.spec.models.items():
-            spec = RoleSpec(name=name, model=cfg.model, price_in_per_m=cfg.price_in_per_m,
-                            price_out_per_m=cfg.price_out_per_m, concurrency=cfg.concurrency,
-                            rate_limit=cfg.rate_limit, retry=cfg.retry, timeout_s=cfg.timeout_s)
+            spec = RoleSpec(name=name, model=cfg.model, **cfg.terms())
             roles[name] = Role(spec, build_backend(cfg.backend_spec()))
         return Roles(roles, self.spec.order or list(self.spec.models))
 

@@ -3,14 +3,22 @@ Kept apart from the factory, so that the backends that read a spec (replicas) an
 that builds them never import each other."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from reasonloom.backends.errors import MissingApiKey
 from reasonloom.backends.key_policy import read_key
 from reasonloom.types import FrozenModel
 
+def _is_a_name(value: str) -> str:
+    if not value.replace("_", "").isalnum():
+        raise ValueError("api_key_env must be an environment variable NAME, not a key")
+    return value
+
+
+# The NAME of the environment variable that holds a key, never the key itself
+EnvName = Annotated[str, AfterValidator(_is_a_name)]
 BackendKind = Literal["embedded", "vllm", "openai", "litellm", "scripted"]
 
 
@@ -19,7 +27,7 @@ class Endpoint(FrozenModel):
 
     base_url: str                        # http://host:port/v1
     model: str | None = None             # the name this server knows the model by; default: the role's
-    api_key_env: str | None = None       # default: the role's
+    api_key_env: EnvName | None = None   # default: the role's
 
     @field_validator("base_url")
     @classmethod
@@ -27,13 +35,6 @@ class Endpoint(FrozenModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {value!r}")
         return value.rstrip("/")
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _is_a_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.replace("_", "").isalnum():
-            raise ValueError("api_key_env must be an environment variable NAME, not a key")
-        return value
 
 
 class ReplicaRouting(FrozenModel):
@@ -56,7 +57,7 @@ class BackendSpec(FrozenModel):
     backend: BackendKind = "embedded"
     model: str = ""                      # model id / folder; `embedded` fills it in
     base_url: str | None = None
-    api_key_env: str | None = None
+    api_key_env: EnvName | None = None
     engine: dict[str, Any] = Field(default_factory=dict)   # vLLM engine arguments
     options: dict[str, Any] = Field(default_factory=dict)  # backend-specific extras
     endpoints: tuple[Endpoint, ...] = ()   # several replicas of one model (openai/litellm)

@@ -28,9 +28,10 @@ class RetryPolicy(FrozenModel):
         return max(backoff, retry_after or 0.0)
 
 
-class RoleSpec(FrozenModel):
-    name: str
-    model: str = ""
+class RoleTerms(FrozenModel):
+    """What a role's calls cost and how hard the role may be pushed (a recipe's `models:`
+    entry adds these to its backend spec)."""
+
     price_in_per_m: float = Field(0.0, ge=0)    # dollars per million prompt tokens
     price_out_per_m: float = Field(0.0, ge=0)   # dollars per million completion tokens
     concurrency: int = Field(64, ge=1)          # calls in flight at once
@@ -38,9 +39,18 @@ class RoleSpec(FrozenModel):
     retry: RetryPolicy = RetryPolicy()
     timeout_s: float | None = Field(None, gt=0)
 
+    def terms(self) -> dict:
+        """These terms as keyword arguments (a RoleSpec built from a recipe's RoleConfig)."""
+        return {name: getattr(self, name) for name in RoleTerms.model_fields}
+
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in_per_m
                 + completion_tokens * self.price_out_per_m) / 1e6
+
+
+class RoleSpec(RoleTerms):
+    name: str
+    model: str = ""
 
 
 class ConcurrencyLimiter:
