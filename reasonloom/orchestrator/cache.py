@@ -50,7 +50,8 @@ class RunStore:
         self.mode = mode
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=30)   # other processes may hold the write lock
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
         self._db.execute(
@@ -106,3 +107,16 @@ class RunStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class SharedCache(RunStore):
+    """A call cache shared by many runs and processes (`--cache PATH`): one pool of samples
+    feeds every strategy that asks for the same requests. It holds calls only; each run's node
+    outputs stay in that run's own file."""
+
+    def __init__(self, path: Path, mode: CacheMode = "read_write"):
+        super().__init__(path, mode)
+        os.chmod(self.path, 0o600)
+
+    def put_node_output(self, node: str, value: dict[str, Any]) -> None:
+        return None

@@ -149,7 +149,8 @@ class RunContext:
         """A call answered from the cache: recorded with what it would have cost (a pool of
         samples shared by several strategies is never free in their cost figures)."""
         self._record(role, kind, key, 1, time.monotonic(), cache_hit=True, seed=seed, n=n,
-                     replayed_tokens=prompt_tokens + completion_tokens,
+                     replayed_prompt_tokens=prompt_tokens,
+                     replayed_completion_tokens=completion_tokens,
                      replayed_cost_usd=role.spec.cost(prompt_tokens, completion_tokens))
 
     async def _wait_retry(self, role: Role, attempt: int, exc: BackendError) -> None:

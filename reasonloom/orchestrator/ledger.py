@@ -32,7 +32,8 @@ class CallRecord:
     latency_s: float = 0.0
     ttft_s: float | None = None
     cache_hit: bool = False
-    replayed_tokens: int = 0          # a cache hit: the tokens the original call used
+    replayed_prompt_tokens: int = 0       # a cache hit: the tokens the original call used
+    replayed_completion_tokens: int = 0
     replayed_cost_usd: float = 0.0    # and what it cost
     served_by: str | None = None
     seed: int | None = None
@@ -64,14 +65,15 @@ class Ledger:
 
     def report(self) -> UsageReport:
         # plain lists while summing: this runs over every record of big graphs
-        zero = [0, 0, 0, 0, 0, 0, 0.0, 0, 0.0]
+        zero = [0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0.0]
         total = list(zero)
         by_role: dict[str, list] = {}
         by_node: dict[str, list] = {}
         for rec in self.records:
             row = (1, int(rec.cache_hit), int(not rec.ok), rec.prompt_tokens,
                    rec.completion_tokens, rec.cached_prompt_tokens, rec.cost_usd,
-                   rec.replayed_tokens, rec.replayed_cost_usd)
+                   rec.replayed_prompt_tokens, rec.replayed_completion_tokens,
+                   rec.replayed_cost_usd)
             for acc in (total, by_role.setdefault(rec.role, list(zero)),
                         by_node.setdefault(rec.node, list(zero))):
                 for i, value in enumerate(row):
@@ -81,7 +83,8 @@ class Ledger:
             return Usage(calls=acc[0], cached_calls=acc[1], failed_calls=acc[2],
                          prompt_tokens=acc[3], completion_tokens=acc[4],
                          cached_prompt_tokens=acc[5], cost_usd=acc[6],
-                         replayed_tokens=acc[7], replayed_cost_usd=acc[8])
+                         replayed_prompt_tokens=acc[7], replayed_completion_tokens=acc[8],
+                         replayed_cost_usd=acc[9])
 
         return UsageReport(total=usage(total),
                            by_model={k: usage(v) for k, v in by_role.items()},

@@ -150,7 +150,8 @@ class Scheduler:
 async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int = 0,
               budget: BudgetSpec | None = None, cache: CacheMode = "off",
               run_id: str | None = None, subscribers: list[Callable[[Event], None]] = (),
-              keep_events: bool = False, shaping: bool = True) -> RunResult:
+              keep_events: bool = False, shaping: bool = True,
+              shared_cache: RunStore | None = None) -> RunResult:
     """Run a graph on one problem; returns the pydantic RunResult.
 
     Raises RunFailed (a node the answer needs failed) or BudgetExceeded (with partial results
@@ -160,7 +161,8 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
     if isinstance(problem, str):
         problem = Problem.from_text(problem)
     run_id = run_id or uuid.uuid4().hex[:12]
-    store = None if cache == "off" else RunStore.for_run(run_id, cache)
+    store = shared_cache if shared_cache is not None else (
+        None if cache == "off" else RunStore.for_run(run_id, cache))
     events = EventBus()
     kept: list[dict[str, Any]] = []
     if keep_events:
@@ -193,7 +195,7 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
     finally:
         SHAPING.reset(shaping_token)
         AFFINITY_KEY.reset(affinity_token)
-        if store is not None:
+        if store is not None and store is not shared_cache:   # its owner closes a shared one
             store.close()
     out = graph.output
     assert out is not None

@@ -23,7 +23,8 @@ class Usage(BaseModel):
     cost_usd: float = 0.0
     # Calls answered from the call cache cost nothing now, but a shared sample pool is not free
     # for the strategy that reads it: what those calls cost when they were made.
-    replayed_tokens: int = 0
+    replayed_prompt_tokens: int = 0
+    replayed_completion_tokens: int = 0
     replayed_cost_usd: float = 0.0
 
     @property
@@ -38,7 +39,8 @@ class Usage(BaseModel):
         self.completion_tokens += other.completion_tokens
         self.cached_prompt_tokens += other.cached_prompt_tokens
         self.cost_usd += other.cost_usd
-        self.replayed_tokens += other.replayed_tokens
+        self.replayed_prompt_tokens += other.replayed_prompt_tokens
+        self.replayed_completion_tokens += other.replayed_completion_tokens
         self.replayed_cost_usd += other.replayed_cost_usd
 
 
