@@ -7,9 +7,16 @@ export LITELLM_LOCAL_MODEL_COST_MAP = True
 export TOKENIZERS_PARALLELISM = false
 QUESTION ?= Tom has 3 apples and buys 4 more. How many apples does he have now?
 
-.PHONY: setup run test test-fast bench-quick clean
+.PHONY: setup run test test-fast bench-quick clean sandbox-tools
 
-setup: $(VENV)/.ready
+setup: $(VENV)/.ready sandbox-tools
+
+# bubblewrap is the code sandbox's kernel boundary (reasonloom/verifiers/sandbox.py); without it
+# the sandbox refuses to run candidate code
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; }; } || \
+	  echo "bubblewrap is not installed (apt-get install bubblewrap): the code sandbox will refuse to run"
 
 $(VENV)/.ready: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

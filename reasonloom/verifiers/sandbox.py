@@ -1,20 +1,21 @@
-"""A subprocess sandbox for candidate code: run it against tests, report pass/fail.
+"""A sandbox for candidate code: bubblewrap's namespaces, seccomp and limits around a harness
+whose verdict the candidate cannot forge.
 
-Layers, each cheap and each covering what the others miss:
-- a fresh interpreter (`python -I`: no PYTHON* variables, no user site) with an EMPTY
-  environment, so API keys of the parent never reach the child;
-- resource limits set inside the child before user code runs: CPU seconds (RLIMIT_CPU),
-  address space (RLIMIT_AS), file size (RLIMIT_FSIZE), open files, no core dumps;
-- a wall-clock limit enforced by the parent, which kills the child's whole process group;
-- a private network namespace (`unshare(CLONE_NEWNET)`: no interfaces but a downed
-  loopback) where the kernel allows it, and in every case an audit hook (PEP 578) that
-  refuses sockets, DNS, subprocesses, fork, ctypes, writes outside the throw-away working
-  directory (also through a directory descriptor opened outside it, sqlite, FIFOs and
-  device nodes), reads of other processes' /proc entries (where the parent's environment
-  lives) and the C modules that fork or write without an audit event (`_posixsubprocess`,
-  dbm).
-The audit hook is a guard-rail against accidents and careless model output, not a boundary
-against an adversary; the kernel-enforced layers are the limits, the netns and the env.
+- The boundary is the kernel's, set up by bubblewrap (`bwrap`): new user, PID, mount,
+  network, IPC, UTS and cgroup namespaces; a read-only /usr (and the interpreter's prefix) and
+  nothing else of the host's files (no /etc, /home, /root, no host /proc); a private
+  writable /sandbox, /tmp and /dev/shm; an empty environment; no capabilities; a seccomp filter
+  (`verifiers/seccomp.py`); `--die-with-parent`, and the whole tree killed at the end (the
+  PID namespace dies with its init). Run as root, bwrap itself runs under a fresh unprivileged
+  uid per run, so RLIMIT_NPROC counts that run's processes only.
+- Without bubblewrap, `run_code` refuses (IsolationUnavailable, one line) unless the caller
+  says `SandboxLimits(isolation="none")`.
+- The verdict comes from the harness (`_sandbox_harness.py`) over a pipe whose descriptor the
+  candidate's process closes before its first line runs; the tests run in the harness and
+  call the program's functions across a process boundary. The exit code and stderr decide
+  nothing: `raise SystemExit(0)` before the tests is a failure.
+- Inside, an audit hook refuses sockets, processes, writes outside /sandbox ... so such programs
+  report `blocked` (a guard rail and a label, not the boundary).
 
 Example:
     >>> result = run_code("def f():\\n    return 1\\n", "assert f() == 1\\n")
@@ -24,8 +25,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,13 +40,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from reasonloom.orchestrator.types import FrozenModel
+from reasonloom.types import FrozenModel
+from reasonloom.verifiers.seccomp import filter_program
 
 Status = Literal["passed", "failed", "timeout", "memory", "blocked", "error"]
+_STATUSES = set(Status.__args__)   # type: ignore[attr-defined]
+_HARNESS = (Path(__file__).with_name("_sandbox_harness.py")).read_text()
+_UIDS = itertools.count()
+_FIRST_UID = 3_000_000   # above any real account; one per run, cycling
 
-# Exit codes the bootstrap uses to tell the parent why the program stopped.
-_EXIT_MEMORY, _EXIT_BLOCKED = 86, 87
-_PROGRAM = "program.py"
+
+class IsolationUnavailable(RuntimeError):
+    """No kernel isolation here, and the caller did not accept running without it."""
 
 
 class SandboxLimits(FrozenModel):
@@ -53,7 +62,11 @@ class SandboxLimits(FrozenModel):
     memory_mb: int = Field(512, ge=64)       # address space; Python itself needs ~30 MB
     file_mb: int = Field(16, ge=1)           # largest file the program may write
     output_chars: int = Field(4000, ge=0)    # stdout/stderr kept in the result
-    isolate_network: bool = True             # try a private network namespace first
+    processes: int = Field(16, ge=4)         # RLIMIT_NPROC for the run's own uid (root only)
+    # bwrap: namespaces + seccomp (refuses when unavailable); none: the harness and the
+    # audit hook only, for code you trust (say so explicitly)
+    isolation: Literal["bwrap", "none"] = "bwrap"
+    isolate_network: bool = True             # kept for old callers: bwrap always does
 
 
 class SandboxResult(FrozenModel):
@@ -62,129 +75,164 @@ class SandboxResult(FrozenModel):
     stdout: str = ""
     stderr: str = ""
     wall_s: float = 0.0
+    detail: str = ""                         # what the harness saw (or why there is no verdict)
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
-# The child's first code: limits, network namespace, audit hook, then the program. It is
-# passed with `-c` so the program cannot replace it, and reads its settings from argv.
-_BOOTSTRAP = r'''
-import json, os, resource, sys
-cfg = json.loads(sys.argv[1])
-for name, value in (("RLIMIT_CPU", (cfg["cpu_s"], cfg["cpu_s"] + 1)),
-                    ("RLIMIT_AS", (cfg["memory"], cfg["memory"])),
-                    ("RLIMIT_FSIZE", (cfg["file"], cfg["file"])),
-                    ("RLIMIT_NOFILE", (64, 64)), ("RLIMIT_CORE", (0, 0))):
+def _readable_by_all(path: str) -> bool:
+    """Whether an unprivileged uid can run `path` (every parent searchable, file r-x)."""
+    p = Path(path)
+    return all(os.stat(d).st_mode & 0o001 for d in p.parents) and \
+        os.stat(p).st_mode & 0o005 == 0o005
+
+
+@functools.cache
+def _interpreter() -> tuple[str, str]:
+    """(python, its prefix to bind): ours if the sandbox uid can reach it, else the system's."""
+    ours = os.path.realpath(sys.executable)
+    if os.geteuid() != 0 or _readable_by_all(ours):
+        return ours, sys.base_prefix
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    return (os.path.realpath(system), "/usr") if system else (ours, sys.base_prefix)
+
+
+def _bwrap_args(workdir: str, seccomp_fd: int | None) -> list[str]:
+    python, prefix = _interpreter()
+    args = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL", "--clearenv", "--setenv", "PATH", "/usr/bin",
+            "--setenv", "LANG", "C.UTF-8", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib64", "lib32"):   # merged-/usr links, or the dirs
+        if os.path.islink(f"/{top}"):
+            args += ["--symlink", os.readlink(f"/{top}"), f"/{top}"]
+        elif os.path.isdir(f"/{top}"):
+            args += ["--ro-bind", f"/{top}", f"/{top}"]
+    if not prefix.startswith("/usr/"):
+        args += ["--ro-bind", prefix, prefix]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm",
+             "--bind", workdir, "/sandbox", "--chdir", "/sandbox"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    return args + ["--", python]
+
+
+def _sandbox_uid() -> int | None:
+    return _FIRST_UID + next(_UIDS) % 100_000 if os.geteuid() == 0 else None
+
+
+@functools.cache
+def isolation_problem() -> str | None:
+    """Why bubblewrap cannot isolate here (None when it can); probed once per process."""
+    if not shutil.which("bwrap"):
+        return "bubblewrap (bwrap) is not installed (apt-get install bubblewrap)"
+    with tempfile.TemporaryDirectory(prefix="reasonloom-probe-") as workdir:
+        uid = _sandbox_uid()
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        try:
+            probe = subprocess.run([*_bwrap_args(workdir, None), "-I", "-S", "-c", "pass"],
+                                   capture_output=True, timeout=60, user=uid, group=uid,
+                                   extra_groups=[] if uid is not None else None)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"bubblewrap did not start ({exc})"
+    if probe.returncode != 0:
+        first = (probe.stderr.decode(errors="replace").strip().splitlines() or ["?"])[0]
+        return f"bubblewrap cannot create its namespaces here ({first[:160]})"
+    return None
+
+
+def run_code(program: str, tests: str = "", limits: SandboxLimits = SandboxLimits()
+             ) -> SandboxResult:
+    """Run `program`, then `tests` against it, in a fresh sandbox; passed = the harness ran
+    every test (or, without tests, the program ran to its end)."""
+    if limits.isolation == "bwrap":
+        problem = isolation_problem()
+        if problem:
+            raise IsolationUnavailable(f"sandbox: refusing to run untrusted code: {problem}; "
+                                       f"pass isolation='none' to run it without isolation")
+    workdir = tempfile.mkdtemp(prefix="reasonloom-sandbox-")
     try:
-        resource.setrlimit(getattr(resource, name), value)
-    except (ValueError, OSError):
-        pass
-if cfg["netns"]:
+        return _run_in(workdir, program, tests, limits)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_in(workdir: str, program: str, tests: str, limits: SandboxLimits) -> SandboxResult:
+    Path(workdir, "program.py").write_text(program + "\n")
+    uid = _sandbox_uid() if limits.isolation == "bwrap" else None
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+        os.chown(Path(workdir, "program.py"), uid, uid)
+    verdict_r, verdict_w = os.pipe()
+    keep = [verdict_w]
+    cfg = {"cpu_s": limits.cpu_s, "memory": limits.memory_mb * 2**20,
+           "file": limits.file_mb * 2**20, "verdict_fd": verdict_w,
+           "nproc": limits.processes if uid is not None else None}
+    harness = ["-I", "-S", "-B", "-c", _HARNESS, json.dumps(cfg)]
+    if limits.isolation == "bwrap":
+        bpf = filter_program()
+        seccomp_fd = None
+        if bpf is not None:
+            seccomp_fd, seccomp_w = os.pipe()
+            os.write(seccomp_w, bpf)
+            os.close(seccomp_w)
+            keep.append(seccomp_fd)
+        cmd, cwd, env = [*_bwrap_args(workdir, seccomp_fd), *harness], None, {}
+    else:
+        cmd, cwd, env = [sys.executable, *harness], workdir, {}
+    out_path, err_path = Path(workdir, ".stdout"), Path(workdir, ".stderr")
+    t0 = time.monotonic()
+    timed_out = False
+    # stdout/stderr go to files, not pipes: RLIMIT_FSIZE then bounds a print bomb, and the
+    # parent never blocks on a full pipe
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=out,
+                                    stderr=err, start_new_session=True, pass_fds=keep,
+                                    user=uid, group=uid,
+                                    extra_groups=[] if uid is not None else None)
+        finally:
+            for fd in keep:
+                os.close(fd)
+        try:
+            proc.stdin.write(tests.encode("utf-8", "replace"))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            proc.wait(timeout=max(0.1, limits.wall_s - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(proc)
+    verdict = _read_verdict(verdict_r)
+    status: Status = "timeout" if timed_out else verdict.get("status", "error")
+    if status not in _STATUSES:
+        status = "error"
+    return SandboxResult(status=status, returncode=proc.returncode,
+                         stdout=_tail(out_path.read_bytes(), limits.output_chars),
+                         stderr=_tail(err_path.read_bytes(), limits.output_chars),
+                         wall_s=time.monotonic() - t0,
+                         detail=str(verdict.get("detail", "no verdict from the harness"))[:300])
+
+
+def _read_verdict(fd: int) -> dict:
+    """The harness's one JSON line; anything else (nothing, junk) is no verdict."""
     try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).unshare(0x40000000)   # CLONE_NEWNET
-    except Exception:
-        pass   # not permitted here: the audit hook below still refuses sockets
-ROOT = os.path.realpath(os.getcwd())
-PID = str(os.getpid())
-WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-DENY = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
-        "socket.gethostbyname", "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg",
-        "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-        "os.fork", "os.forkpty", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym",
-        "ctypes.cdata", "os.kill", "os.killpg", "signal.pthread_kill", "sys.remote_exec"}
-PATH_ARGS = {"os.remove": (0,), "os.rename": (0, 1), "os.rmdir": (0,), "os.mkdir": (0,),
-             "os.chmod": (0,), "os.chown": (0,), "os.symlink": (1,), "os.link": (1,),
-             "os.truncate": (0,), "os.utime": (0,), "shutil.rmtree": (0,),
-             "shutil.move": (0, 1), "shutil.copyfile": (1,), "os.chflags": (0,),
-             "os.setxattr": (0,), "os.removexattr": (0,), "sqlite3.connect": (0,)}
-# C modules that fork/exec or write files without raising an audit event of their own:
-# `_posixsubprocess.fork_exec` would start an unhooked process (a fork bomb, or a shell). It
-# stays importable (asyncio imports subprocess) with fork_exec replaced below; a fresh
-# import (after deleting it from sys.modules) is refused.
-MODULES = {"_posixsubprocess", "_gdbm", "_dbm"}
-
-class Blocked(PermissionError):
-    pass
-
-def inside(path):
-    real = os.path.realpath(os.fsdecode(path))
-    return real == ROOT or real.startswith(ROOT + os.sep)
-
-def other_proc(path):
-    parts = os.path.realpath(os.fsdecode(path)).split(os.sep)
-    return len(parts) > 2 and parts[1] == "proc" and parts[2] not in (PID, "self")
-
-def hook(event, args):
-    if event == "open":
-        path, mode, flags = args
-        if path is None or isinstance(path, int):
-            return
-        writing = bool(mode and any(c in str(mode) for c in "wax+")) or bool((flags or 0) & WRITE)
-        if writing and not inside(path):
-            raise Blocked(f"sandbox: writing outside the working directory: {path}")
-        if other_proc(path):
-            raise Blocked(f"sandbox: reading another process's /proc entry: {path}")
-        # A descriptor of an outside directory would let `dir_fd=` writes (whose audit
-        # event carries only the relative name) land outside.
-        if not inside(path) and os.path.isdir(path):
-            raise Blocked(f"sandbox: opening a directory outside the working directory: {path}")
-    elif event in DENY:
-        raise Blocked(f"sandbox: {event} is not allowed")
-    elif event == "import" and args[0] in MODULES:
-        raise Blocked(f"sandbox: importing {args[0]} is not allowed")
-    elif event in PATH_ARGS:
-        for i in PATH_ARGS[event]:
-            if i < len(args) and isinstance(args[i], (str, bytes, os.PathLike)) and not inside(args[i]):
-                raise Blocked(f"sandbox: {event} outside the working directory: {args[i]}")
-
-def guarded(name, create):
-    # mkfifo/mknod raise no audit event: wrap them (the originals leave the module).
-    def create_inside(path, *args, **kwargs):
-        if "dir_fd" in kwargs or not inside(path):
-            raise Blocked(f"sandbox: {name} outside the working directory: {path}")
-        return create(path, *args, **kwargs)
-    return create_inside
-
-def no_fork_exec(*args, **kwargs):
-    raise Blocked("sandbox: starting a process (_posixsubprocess.fork_exec) is not allowed")
-
-import _posixsubprocess, posix
-_posixsubprocess.fork_exec = no_fork_exec
-for name in ("mkfifo", "mknod"):
-    if hasattr(posix, name):
-        wrapper = guarded(name, getattr(posix, name))
-        setattr(posix, name, wrapper)
-        setattr(os, name, wrapper)
-
-source = open("program.py").read()
-code = compile(source, "program.py", "exec")
-sys.addaudithook(hook)
-try:
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-except MemoryError:
-    sys.stderr.write("MemoryError\n")
-    os._exit(86)
-except Blocked as exc:
-    sys.stderr.write(f"{exc}\n")
-    os._exit(87)
-'''
-
-
-def _status(returncode: int, stderr: str, timed_out: bool) -> Status:
-    if timed_out or returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return "timeout"
-    if returncode == _EXIT_MEMORY or "MemoryError" in stderr[-2000:]:
-        return "memory"
-    if returncode == _EXIT_BLOCKED or "sandbox:" in stderr[-2000:]:
-        return "blocked"
-    if returncode == 0:
-        return "passed"
-    if returncode < 0:
-        return "error"   # killed by another signal (SIGSEGV, SIGXFSZ ...)
-    return "failed"
+        os.set_blocking(fd, False)
+        data = os.read(fd, 65536)
+    except (BlockingIOError, OSError):
+        data = b""
+    finally:
+        os.close(fd)
+    try:
+        verdict = json.loads(data)
+    except ValueError:
+        return {}
+    return verdict if isinstance(verdict, dict) else {}
 
 
 def _tail(data: bytes, limit: int) -> str:
@@ -192,38 +240,9 @@ def _tail(data: bytes, limit: int) -> str:
     return text[-limit:] if limit else ""
 
 
-def run_code(program: str, tests: str = "", limits: SandboxLimits = SandboxLimits()
-             ) -> SandboxResult:
-    """Run `program` followed by `tests` in a fresh sandboxed interpreter; passed = exit 0."""
-    with tempfile.TemporaryDirectory(prefix="reasonloom-sandbox-") as workdir:
-        Path(workdir, _PROGRAM).write_text(program + "\n\n" + tests + "\n")
-        cfg = {"cpu_s": limits.cpu_s, "memory": limits.memory_mb * 2**20,
-               "file": limits.file_mb * 2**20, "netns": limits.isolate_network}
-        out_path, err_path = Path(workdir, ".stdout"), Path(workdir, ".stderr")
-        t0 = time.monotonic()
-        # stdout/stderr go to files, not pipes: RLIMIT_FSIZE then bounds a print bomb, and
-        # the parent never blocks on a full pipe.
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(cfg)],
-                                    cwd=workdir, env={}, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, start_new_session=True, close_fds=True)
-            timed_out = False
-            try:
-                proc.wait(timeout=limits.wall_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(proc)
-        stdout, stderr = out_path.read_bytes(), err_path.read_bytes()
-        rc = proc.returncode
-        return SandboxResult(status=_status(rc, stderr.decode("utf-8", "replace"), timed_out),
-                             returncode=rc, stdout=_tail(stdout, limits.output_chars),
-                             stderr=_tail(stderr, limits.output_chars),
-                             wall_s=time.monotonic() - t0)
-
-
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the child's session (it may have left grandchildren) and reap the child."""
+    """Kill bwrap's group; its PID namespace (and every process the program left in it) dies
+    with it. Then reap."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
