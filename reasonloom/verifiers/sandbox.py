@@ -45,7 +45,9 @@ from reasonloom.verifiers.seccomp import filter_program
 
 Status = Literal["passed", "failed", "timeout", "memory", "blocked", "error"]
 _STATUSES = set(Status.__args__)   # type: ignore[attr-defined]
-_HARNESS = (Path(__file__).with_name("_sandbox_harness.py")).read_text()
+# one `-c` program: the guard rail's source, then the harness's (which calls install_guard)
+_HARNESS = "\n".join(Path(__file__).with_name(name).read_text()
+                     for name in ("_sandbox_guard.py", "_sandbox_harness.py"))
 _UIDS = itertools.count()
 _FIRST_UID = 3_000_000   # above any real account; one per run, cycling
 
