@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from typing import Any
@@ -49,21 +50,23 @@ class ChatSession:
         answering = False
         summary = None
         try:
-            async for event in self.source.turn(self.messages):
-                if event.kind == "token":
-                    if not answering:
-                        answering = True
-                    out.print(event.text, end="", markup=False, highlight=False,
-                              soft_wrap=True)
-                elif event.kind == "progress" and not answering:
-                    line = _progress_line(event)
-                    if line:
-                        out.print(line, style="dim", markup=False, highlight=False)
-                elif event.kind == "error":
-                    out.print(("\n" if answering else "") + f"error: {event.text}",
-                              style="red", markup=False, highlight=False)
-                elif event.kind == "done":
-                    summary = event.summary
+            turn = contextlib.aclosing(self.source.turn(self.messages))
+            async with turn as events:   # closed here even when Ctrl-C cancels us
+                async for event in events:
+                    if event.kind == "token":
+                        if not answering:
+                            answering = True
+                        out.print(event.text, end="", markup=False, highlight=False,
+                                  soft_wrap=True)
+                    elif event.kind == "progress" and not answering:
+                        line = _progress_line(event)
+                        if line:
+                            out.print(line, style="dim", markup=False, highlight=False)
+                    elif event.kind == "error":
+                        out.print(("\n" if answering else "") + f"error: {event.text}",
+                                  style="red", markup=False, highlight=False)
+                    elif event.kind == "done":
+                        summary = event.summary
         except Exception as exc:   # an engine or server failure: one line, keep chatting
             out.print(f"\nerror: {type(exc).__name__}: {exc}", style="red", markup=False)
         if summary is None:
@@ -208,5 +211,18 @@ def main(args: argparse.Namespace) -> int:
                         session.messages.pop()
     finally:
         loop.run_until_complete(source.aclose())
+        _close_loop(loop)
         sys.stdout.flush()
     return 0
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel and await what is still on the loop (engine helpers, a run a Ctrl-C cut short),
+    then close it: nothing pending is destroyed at exit."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()

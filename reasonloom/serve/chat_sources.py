@@ -70,7 +70,10 @@ class LocalSource:
                     events.append(body)
                     yield ChatEvent(kind="progress", progress=body)
         finally:
+            # wait for the run to unwind here, in its own context: a run left pending is
+            # destroyed at exit ("Task was destroyed but it is pending!", ContextVar errors)
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         try:
             result = task.result()
             status, answer = "ok", result.answer.text if result.answer else ""
