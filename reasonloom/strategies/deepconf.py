@@ -82,7 +82,8 @@ async def deepconf_offline(problem: Problem, cfg: DeepConfConfig, ctx: RunContex
 
 async def deepconf_online(problem: Problem, cfg: DeepConfConfig, ctx: RunContext) -> dict:
     role = ctx.roles.pick(cfg.role)
-    warm = confident_candidates(await draw_samples(problem, cfg, ctx, 0, cfg.warmup),
+    warmup = min(cfg.warmup, cfg.n)
+    warm = confident_candidates(await draw_samples(problem, cfg, ctx, 0, warmup),
                                 role.name, cfg.window)
     threshold = keep_threshold([c.score for c in warm], cfg.keep_share)
     voters, stopped = Candidates(warm), Candidates()
@@ -104,7 +105,7 @@ async def deepconf_online(problem: Problem, cfg: DeepConfConfig, ctx: RunContext
         keys = [canonical(c.answer) if c.answer is not None else None for c in voters]
         return weighted_vote(keys, [c.score or 0.0 for c in voters])[1] >= cfg.consensus
 
-    next_index, running = cfg.warmup, set()
+    next_index, running = warmup, set()
     try:
         while not decided() and (running or next_index < cfg.n):
             while len(running) < cfg.parallel and next_index < cfg.n:
