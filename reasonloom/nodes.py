@@ -5,7 +5,9 @@ The orchestrator's registry loads this module through the `reasonloom.nodes` ent
 (tests/test_layers.py) sees every import here. A new node type is one line below."""
 from __future__ import annotations
 
+import reasonloom.strategies.adaptive_consistency  # noqa: F401
 import reasonloom.strategies.chunked  # noqa: F401
+import reasonloom.strategies.deepconf  # noqa: F401
 import reasonloom.strategies.evolve  # noqa: F401
 import reasonloom.strategies.moa  # noqa: F401
 import reasonloom.strategies.sampling  # noqa: F401
