@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 RECIPE = """\
@@ -31,6 +33,18 @@ def reasonloom(args: list[str], env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=120)
 
 
+def stored_calls(home: Path, run_id: str) -> int:
+    """Calls the run has finished and stored so far (its SQLite files under home/runs)."""
+    count = 0
+    for path in (home / "runs").glob(f"{run_id}*.sqlite"):
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                count += db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        except sqlite3.Error:   # not created yet, or mid-write
+            pass
+    return count
+
+
 def test_a_killed_run_resumes_reissuing_only_unfinished_calls(tmp_path):
     env = {**os.environ, "REASONLOOM_HOME": str(tmp_path / "home")}
     recipe = tmp_path / "r.yaml"
@@ -45,7 +59,11 @@ def test_a_killed_run_resumes_reissuing_only_unfinished_calls(tmp_path):
     line = proc.stderr.readline()
     assert line.startswith("run "), line
     run_id = line.split()[1]
-    time.sleep(1.6)   # about 3 of the 6 calls (0.4 s each, one at a time) have completed
+    # kill once 2 of the 6 calls (0.4 s each, one at a time) are stored: an event to wait
+    # for, not a guess of how long a loaded machine takes to get there
+    deadline = time.monotonic() + 60
+    while stored_calls(tmp_path / "home", run_id) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
