@@ -94,12 +94,15 @@ class EngineServer:
         self.root = f"http://{host}:{self.port}"
         self.base_url = f"{self.root}/v1"
         self.log = log
+        from reasonloom.backends.vllm.cpu_defaults import cpu_engine_settings
+
         bind = "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0"
+        engine, engine_env = cpu_engine_settings(engine)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
                "--served-model-name", served_name, "--host", bind, "--port", str(self.port),
                *engine_cli_args(engine)]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE",
-                                                                      "1")}
+                                                                      "1"), **engine_env}
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,

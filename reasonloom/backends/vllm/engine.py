@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import hashlib
 import json
 import os
-from typing import Any, Literal
+import threading
+from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from reasonloom.backends.errors import EngineStartError
+from reasonloom.backends.vllm.cpu_defaults import cpu_engine_settings
 
 # Prefix caching on by default: test-time strategies resend the same problem many times.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {"enable_prefix_caching": True, "max_model_len": 4096}
 
 _ENGINES: dict[str, Any] = {}
 _STARTING: dict[str, asyncio.Lock] = {}
+_SPAWN_ENV = threading.Lock()
 
 
 def engine_key(model: str, engine_args: dict[str, Any]) -> str:
@@ -107,8 +111,26 @@ def _start_engine(model: str, engine_args: dict[str, Any]) -> Any:
 
     engine_args = speculative_engine_args(engine_args)
     engine_args = steering_engine_args(model, engine_args)
+    engine_args, env = cpu_engine_settings(engine_args)
     args = AsyncEngineArgs(model=model, **engine_args)
-    return AsyncLLM.from_engine_args(args)
+    # The engine's processes read their thread binding from the environment they are spawned
+    # with; one start at a time, so two roles' bindings never mix.
+    with _SPAWN_ENV, _environment(env):
+        return AsyncLLM.from_engine_args(args)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 async def get_engine(model: str, engine_args: dict[str, Any]) -> Any:

