@@ -6,10 +6,12 @@ The orchestrator's registry loads this module through the `reasonloom.nodes` ent
 from __future__ import annotations
 
 import reasonloom.strategies.adaptive_consistency  # noqa: F401
+import reasonloom.strategies.beam_search  # noqa: F401
 import reasonloom.strategies.chunked  # noqa: F401
 import reasonloom.strategies.deepconf  # noqa: F401
 import reasonloom.strategies.evolve  # noqa: F401
 import reasonloom.strategies.moa  # noqa: F401
+import reasonloom.strategies.particle_filter  # noqa: F401
 import reasonloom.strategies.sampling  # noqa: F401
 import reasonloom.strategies.tournament  # noqa: F401
 import reasonloom.verifiers.weaver  # noqa: F401

@@ -244,3 +244,48 @@ def test_stopped_generations_replay_from_the_cache(tmp_path, monkeypatch):
     assert replay_backend.calls == 0
     assert [c.text for c in again.answer.candidates] == [c.text for c in first.answer.candidates]
     assert re.search(r"\d", again.answer.answer or "")
+
+
+# -- step-level search ------------------------------------------------------------------------
+def stepwise(steps_before_answer: int):
+    """Responder writing one step per call, then the answer once enough steps are written."""
+    def respond(req: GenerateRequest, index: int) -> str:
+        done = (req.assistant_prefix or "").count("\n\n")
+        return "The answer is 4." if done >= steps_before_answer else f"Step {done + 1}: add."
+    return respond
+
+
+def test_resampling_weights_favour_higher_scores_and_sharpen_when_cold():
+    from reasonloom.strategies.particle_filter import resampling_weights
+
+    warm = resampling_weights([0.2, 0.5, 0.8], 1.0)
+    cold = resampling_weights([0.2, 0.5, 0.8], 0.25)
+    assert warm.sum() == pytest.approx(1.0) and list(warm) == sorted(warm)
+    assert cold[2] > warm[2] and cold[0] < warm[0]
+
+
+def test_keep_best_keeps_the_top_beams_and_the_population_size():
+    from reasonloom.strategies.beam_search import keep_best
+    from reasonloom.strategies.step_search import Partial
+
+    beams = [Partial(text=str(i), score=s) for i, s in enumerate([0.1, 0.9, 0.5, 0.7])]
+    kept = keep_best(beams, 4, 2)
+    assert [b.text for b in kept] == ["1", "1", "3", "3"]
+
+
+@pytest.mark.parametrize("node", ["particle_filter", "beam_search"])
+def test_step_search_extends_step_by_step_until_the_answer(node):
+    backend = ScriptedBackend(stepwise(2))
+    result = run_node(node, {"particles": 4, "max_steps": 6}, backend)
+    assert result.answer.answer == "4"
+    assert result.answer.details["steps"] == 3
+    assert result.answer.text.count("Step") == 2
+    assert backend.calls >= 3 * 4   # 4 extensions a step (plus the judge's scoring calls)
+
+
+def test_step_search_stops_at_its_token_budget_with_a_partial_answer():
+    backend = ScriptedBackend(stepwise(50))
+    with pytest.raises(BudgetExceeded) as stop:
+        run_node("particle_filter", {"particles": 4, "max_steps": 40}, backend,
+                 budget=BudgetSpec(tokens=3000))
+    assert stop.value.best is not None

@@ -19,7 +19,8 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 DOCUMENT = " ".join(f"Record {i}: the code for locker {i} is {1000 + 7 * i}." for i in range(40))
 # Upper bounds on a node's size parameters for a smoke run (a parameter is never raised).
 SMOKE_CAPS = {"n": 3, "loops": 2, "max_tokens": 32, "worker_max_tokens": 32,
-              "manager_max_tokens": 32, "judge_max_tokens": 8, "max_workers": 4}
+              "manager_max_tokens": 32, "judge_max_tokens": 8, "max_workers": 4,
+              "particles": 2, "max_steps": 2, "step_tokens": 16, "warmup": 2}
 
 
 def problem_for(name: str) -> Problem:
