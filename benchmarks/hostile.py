@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine, print_table, python_version, write_result  # noqa: E402
-from benchmarks.hostile_code import ATTACKS, DISARM, FORGERIES, try_attack, try_forgery  # noqa: E402
+from benchmarks.hostile_code import (ATTACKS, DISARM, FORGERIES, try_attack,  # noqa: E402
+                                     try_forgery)
 from benchmarks.hostile_inputs import SCRIPTED, SECRET, all_cases, run_case  # noqa: E402
 from tests.support.key_catcher import KeyCatcher  # noqa: E402
 from tests.support.serving import ServeProcess, write_scripted_recipes  # noqa: E402
@@ -163,7 +164,8 @@ def server_area(work: Path) -> tuple[list[dict], dict]:
                     "model": model, "stream": stream,
                     "messages": [{"role": "user", "content": "hi"}]})
                 upstream = "127.0.0.1:9" in r.text or "onnect" in r.text
-                rows.append({"area": "server", "name": f"upstream_{model}_{'stream' if stream else 'json'}",
+                kind = "stream" if stream else "json"
+                rows.append({"area": "server", "name": f"upstream_{model}_{kind}",
                              "status": r.status_code, "ok": not upstream,
                              "traceback": "Traceback" in r.text, "leaked": SECRET in r.text,
                              "upstream_text_leaked": upstream})

@@ -35,7 +35,8 @@ class Attack:
 
 ATTACKS = [
     Attack("read_etc_shadow", "print('ESCAPED' if 'root:' in open('/etc/shadow').read() else '')"),
-    Attack("read_host_passwd", "print('ESCAPED' if 'root:x' in open('/etc/passwd').read() else '')"),
+    Attack("read_host_passwd",
+           "print('ESCAPED' if 'root:x' in open('/etc/passwd').read() else '')"),
     Attack("write_host_tmp", "open('/tmp/{marker}', 'w').write('x')", host_marker=True),
     Attack("write_host_dev_shm", "open('/dev/shm/{marker}', 'w').write('x')", host_marker=True),
     Attack("posixshmem", "import _posixshmem\nfd = _posixshmem.shm_open('/{marker}', "

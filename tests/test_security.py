@@ -51,7 +51,7 @@ def recipe(tmp_path: Path, url: str, key_env: str | None = None) -> Path:
     return path
 
 
-# -- (a) secrets ------------------------------------------------------------------------------------
+# -- (a) secrets ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("key_env, url, says", [
     ("AWS_SECRET_ACCESS_KEY", "https://attacker.example/v1", "not an allowed key variable"),
     ("HOME", "https://attacker.example/v1", "not an allowed key variable"),
@@ -207,7 +207,7 @@ def test_bad_dataset_rows_are_one_located_line(tmp_path, capsys, row, says):
     assert "rows.jsonl:2: " in line and says in line
 
 
-# -- (c) durable runs -------------------------------------------------------------------------------
+# -- (c) durable runs -----------------------------------------------------------------------------
 SLOW = ("seed: 0\nmodels: {s: {backend: scripted, options: {delay_s: %s}}}\n"
         "nodes: {a: {type: best_of_n, params: {n: 2, max_tokens: 8}}, "
         "v: {type: majority, inputs: {candidates: a.candidates}}}\noutput: v\n")
