@@ -51,7 +51,8 @@ ROWS = RESULTS / "adaptive_rows.jsonl"
 COMMON = {"role": "strong", "temperature": 0.7, "max_tokens": 384, "confidence_k": 5,
           "pool": "gsm8k"}
 # Chosen on the tuning split (see TUNING in the JSON); fixed before the report split ran.
-SETTINGS = {"window": 32, "keep_offline": 0.9, "keep_online": 0.9, "warmup": 4, "wave": 4}
+SETTINGS = {"window": 32, "keep_offline": 0.9, "keep_online": 0.1, "warmup": 4, "wave": 2,
+            "particles": 8}
 
 
 def arms(s: dict) -> dict[str, tuple[str, dict]]:
@@ -64,6 +65,10 @@ def arms(s: dict) -> dict[str, tuple[str, dict]]:
                                          "window": s["window"], "keep_share": s["keep_online"],
                                          "warmup": s["warmup"], "consensus": 0.95,
                                          "parallel": 4}),
+        "particle_filter": ("particle_filter", {"role": "strong", "judge": "strong",
+                                                "particles": s["particles"], "max_steps": 8,
+                                                "step_tokens": 128, "max_tokens": 384,
+                                                "temperature": 0.7}),
     }
 
 

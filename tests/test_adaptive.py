@@ -16,6 +16,7 @@ from reasonloom.backends.base import GenerateRequest
 from reasonloom.backends.errors import Timeout
 from reasonloom.backends.scripted import ScriptedBackend
 from reasonloom.orchestrator.budget import BudgetExceeded, BudgetSpec
+from reasonloom.orchestrator.cache import RunStore
 from reasonloom.orchestrator.context import RunContext, RunState
 from reasonloom.orchestrator.graph import Graph
 from reasonloom.orchestrator.roles import RetryPolicy, Role, Roles, RoleSpec
@@ -289,3 +290,16 @@ def test_step_search_stops_at_its_token_budget_with_a_partial_answer():
         run_node("particle_filter", {"particles": 4, "max_steps": 40}, backend,
                  budget=BudgetSpec(tokens=3000))
     assert stop.value.best is not None
+
+
+def test_a_stopped_generation_is_cached_under_its_own_stop_rule(tmp_path, monkeypatch):
+    monkeypatch.setenv("REASONLOOM_HOME", str(tmp_path))
+    backend = ScriptedBackend(lambda req, i: LONG)
+    state = RunState(run_id="t", seed=0, roles=roles_of(backend),
+                     store=RunStore(tmp_path / "c.sqlite", "read_write"))
+    ctx = RunContext(state, "node")
+    early = asyncio.run(ctx.generate_until("strong", REQ, "k", lambda c, t: len(c) >= 3, "3"))
+    later = asyncio.run(ctx.generate_until("strong", REQ, "k", lambda c, t: len(c) >= 9, "9"))
+    again = asyncio.run(ctx.generate_until("strong", REQ, "k", lambda c, t: len(c) >= 9, "9"))
+    assert (early.completion_tokens, later.completion_tokens) == (3, 9)
+    assert again == later and backend.calls == 2

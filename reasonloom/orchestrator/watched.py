@@ -68,7 +68,7 @@ async def generate_until(ctx: "RunContext", role: "Role", req: GenerateRequest, 
     have stopped elsewhere."""
     req = req.model_copy(update={"n": 1, "seed": req.seed if req.seed is not None
                                  else ctx.seed(call_key)})
-    body = {"kind": "watched", "stop": stop_key, **req.model_dump(mode="json")}
+    body = {**req.model_dump(mode="json"), "kind": "watched", "stop_rule": stop_key}
     key, hit = ctx._cached(role, body, req.seed)
     if hit is not None:
         sample = Sample.model_validate(hit["sample"])
