@@ -86,6 +86,10 @@ ATTACKS = [
                   "print('ESCAPED' if libc.syscall(321, 0, 0, 0) >= 0 else '')"),
     Attack("io_uring", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
                        "print('ESCAPED' if libc.syscall(425, 1, 0) >= 0 else '')"),
+    Attack("clone_new_user_ns", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                                "pid = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)\n"
+                                "if pid == 0:\n    os._exit(0)\n"
+                                "print('ESCAPED' if pid > 0 else '')"),
     Attack("read_root_home", "print('ESCAPED', os.listdir('/root'))"),
     Attack("read_work_repo", "print('ESCAPED', os.listdir('/work/main'))"),
 ]

@@ -103,8 +103,9 @@ def _interpreter() -> tuple[str, str]:
 
 def _bwrap_args(workdir: str, seccomp_fd: int | None) -> list[str]:
     python, prefix = _interpreter()
-    args = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-            "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session",
+    args = ["bwrap", "--unshare-user", *_no_nested_userns(), "--unshare-pid", "--unshare-net",
+            "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
+            "--new-session",
             "--cap-drop", "ALL", "--clearenv", "--setenv", "PATH", "/usr/bin",
             "--setenv", "LANG", "C.UTF-8", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib64", "lib32"):   # merged-/usr links, or the dirs
@@ -122,7 +123,22 @@ def _bwrap_args(workdir: str, seccomp_fd: int | None) -> list[str]:
 
 
 def _sandbox_uid() -> int | None:
-    return _FIRST_UID + next(_UIDS) % 100_000 if os.geteuid() == 0 else None
+    """A uid for this run (as root): the pid spreads processes apart, the counter runs apart."""
+    if os.geteuid() != 0:
+        return None
+    return _FIRST_UID + (os.getpid() * 7919 + next(_UIDS)) % 1_000_000
+
+
+@functools.cache
+def _no_nested_userns() -> tuple[str, ...]:
+    """bwrap >= 0.8 can forbid making user namespaces inside (clone(CLONE_NEWUSER) is out of
+    the seccomp filter's reach without argument checks)."""
+    try:
+        help_text = subprocess.run(["bwrap", "--help"], capture_output=True, text=True,
+                                   timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return ("--disable-userns",) if "--disable-userns" in help_text else ()
 
 
 @functools.cache
