@@ -303,3 +303,51 @@ def test_a_stopped_generation_is_cached_under_its_own_stop_rule(tmp_path, monkey
     again = asyncio.run(ctx.generate_until("strong", REQ, "k", lambda c, t: len(c) >= 9, "9"))
     assert (early.completion_tokens, later.completion_tokens) == (3, 9)
     assert again == later and backend.calls == 2
+
+
+def test_timeout_retry_and_budget_behave_the_same_for_every_call_kind():
+    """One parametrized check over generate, stream, scoring and the stoppable generation."""
+    from reasonloom.backends.errors import ServerError
+
+    async def call(ctx, kind):
+        if kind == "generate":
+            return await ctx.generate("strong", REQ, "k")
+        if kind == "stream":
+            return [d async for d in ctx.stream("strong", REQ, "k")]
+        if kind == "score":
+            return await ctx.prompt_logprobs("strong", REQ.messages, "some text", "k")
+        return await ctx.generate_until("strong", REQ, "k", lambda c, t: False)
+
+    for kind in ("generate", "stream", "score", "until"):
+        # a stall: every attempt times out, each is recorded, then Timeout is raised
+        slow = ScriptedBackend(lambda req, i: LONG, delay_s=0.3)
+        ctx = context(slow, timeout_s=0.1, retry=RetryPolicy(max_attempts=2, base_delay_s=0))
+        with pytest.raises(Timeout):
+            asyncio.run(call(ctx, kind))
+        assert [r.ok for r in ctx.state.ledger.records] == [False, False], kind
+        # one transient fault is retried and the call succeeds on the second attempt
+        faults = iter([ServerError("boom")])
+        flaky = ScriptedBackend(lambda req, i: LONG, faults=lambda req: next(faults, None))
+        if kind == "score":
+            flaky.prompt_logprobs = _failing_once(flaky.prompt_logprobs)
+        ctx = context(flaky, retry=RetryPolicy(max_attempts=3, base_delay_s=0))
+        asyncio.run(call(ctx, kind))
+        assert [r.ok for r in ctx.state.ledger.records] == [False, True], kind
+        # a budget too small for the call stops it before anything is sent
+        ctx = context(ScriptedBackend(lambda req, i: LONG))
+        ctx.state.budget = type(ctx.state.budget)(BudgetSpec(tokens=2))
+        with pytest.raises(BudgetExceeded):
+            asyncio.run(call(ctx, kind))
+        assert ctx.state.ledger.records == [], kind
+
+
+def _failing_once(fn):
+    from reasonloom.backends.errors import ServerError
+
+    calls = itertools.count()
+
+    async def wrapped(*args, **kwargs):
+        if next(calls) == 0:
+            raise ServerError("boom")
+        return await fn(*args, **kwargs)
+    return wrapped

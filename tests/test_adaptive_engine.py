@@ -83,3 +83,39 @@ def test_a_stopped_generation_stops_the_servers_engine(vllm_server, arun):
     # the engine may finish the steps in flight when the connection drops, never the story
     assert sample.completion_tokens <= generated <= sample.completion_tokens + 16
     assert len(sample.confidences) == sample.completion_tokens
+
+
+@pytest.mark.parametrize("kind", ["generate", "stream", "score", "until"])
+def test_every_call_kind_obeys_the_role_timeout_on_the_engine(embedded, arun, kind):
+    from reasonloom.backends.errors import Timeout
+    from reasonloom.orchestrator.roles import RetryPolicy
+
+    roles = Roles({"strong": Role(RoleSpec(name="strong", timeout_s=0.05,
+                                           retry=RetryPolicy(max_attempts=2, base_delay_s=0)),
+                                  embedded)})
+    ctx = RunContext(RunState(run_id="t", seed=0, roles=roles), "node")
+    long_text = "word " * 1500   # a prefill the CPU engine cannot finish in 50 ms
+    req = REQ.model_copy(update={"messages": (Message(role="user", content=long_text),)})
+
+    async def call():
+        if kind == "generate":
+            return await ctx.generate("strong", req, "k")
+        if kind == "stream":
+            return [d async for d in ctx.stream("strong", req, "k")]
+        if kind == "score":
+            return await ctx.prompt_logprobs("strong", REQ.messages, long_text, "k")
+        return await ctx.generate_until("strong", req, "k", lambda c, t: False)
+
+    with pytest.raises(Timeout):
+        arun(call())
+    assert [r.ok for r in ctx.state.ledger.records] == [False, False]
+    engine = arun(embedded.engine())
+
+    async def settled() -> int:
+        for _ in range(100):
+            if engine.output_processor.get_num_unfinished_requests() == 0:
+                break
+            await asyncio.sleep(0.1)
+        return engine.output_processor.get_num_unfinished_requests()
+
+    assert arun(settled()) == 0   # timed-out requests were aborted, not left running

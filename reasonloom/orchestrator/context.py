@@ -15,6 +15,7 @@ from reasonloom.orchestrator.budget import Budget, BudgetExceeded
 from reasonloom.orchestrator.cache import CacheMiss, RunStore, cache_key
 from reasonloom.orchestrator.events import EventBus
 from reasonloom.orchestrator.ledger import CallRecord, Ledger
+from reasonloom.orchestrator.pipeline import Outcome, Progress, call_pipeline, paced
 from reasonloom.orchestrator.roles import Role, Roles
 from reasonloom.orchestrator.seeds import derive_seed
 from reasonloom.orchestrator.types import Answer, Message
@@ -181,49 +182,21 @@ class RunContext:
                 return Generation(samples=samples, prompt_tokens=hits[0]["prompt_tokens"],
                                   model=role.model_id, served_by="cache")
             self._check_replay(call_key)
-        prompt_est = self._prompt_estimate(role, req)
-        reservation = self._reserve(role, prompt_est, req.max_tokens * req.n,
-                                    f"{self.node}/{call_key}")
-        spent_tokens, spent_dollars = 0, 0.0
-        try:
-            attempt = 0
-            while True:
-                attempt += 1
-                t0 = time.monotonic()
-                try:
-                    async with role:
-                        t0 = time.monotonic()
-                        if role.spec.timeout_s:
-                            gen = await asyncio.wait_for(role.backend.generate(req),
-                                                         role.spec.timeout_s)
-                        else:
-                            gen = await role.backend.generate(req)
-                except asyncio.TimeoutError:
-                    from reasonloom.backends.errors import Timeout
-                    exc: BackendError = Timeout(f"no answer within {role.spec.timeout_s}s")
-                    if not self._retry_or_raise(role, call_key, attempt, t0, exc, req.seed):
-                        raise exc from None
-                    await self._wait_retry(role, attempt, exc)
-                    continue
-                except BackendError as exc:
-                    if not self._retry_or_raise(role, call_key, attempt, t0, exc, req.seed):
-                        raise
-                    await self._wait_retry(role, attempt, exc)
-                    continue
-                cost = role.spec.cost(gen.prompt_tokens, gen.completion_tokens)
-                spent_tokens, spent_dollars = gen.prompt_tokens + gen.completion_tokens, cost
-                self._record(role, "generate", call_key, attempt, t0,
-                             prompt_tokens=gen.prompt_tokens,
-                             completion_tokens=gen.completion_tokens,
-                             cached_prompt_tokens=gen.cached_prompt_tokens or 0, cost_usd=cost,
-                             served_by=gen.served_by, seed=req.seed, n=req.n)
-                if store is not None:
-                    for key, sample in zip(keys, gen.samples):
-                        store.put(key, {"sample": sample.model_dump(mode="json"),
-                                        "prompt_tokens": gen.prompt_tokens})
-                return gen
-        finally:
-            self.state.budget.settle(reservation, spent_tokens, spent_dollars)
+
+        async def attempt(progress: Progress) -> tuple[Generation, Outcome]:
+            gen = await role.backend.generate(req)
+            return gen, Outcome(gen.prompt_tokens, gen.completion_tokens,
+                                gen.cached_prompt_tokens or 0, gen.served_by)
+
+        gen = await call_pipeline(self, role, "generate", call_key, attempt,
+                                  prompt_estimate=self._prompt_estimate(role, req),
+                                  max_out=req.max_tokens * req.n,
+                                  record={"seed": req.seed, "n": req.n})
+        if store is not None:
+            for key, sample in zip(keys, gen.samples):
+                store.put(key, {"sample": sample.model_dump(mode="json"),
+                                "prompt_tokens": gen.prompt_tokens})
+        return gen
 
     async def generate_until(self, role: Role | str, req: GenerateRequest, call_key: str,
                              stop: StopRule, stop_key: str = "") -> Sample:
@@ -285,7 +258,8 @@ class RunContext:
                 try:
                     async with role:
                         t0 = time.monotonic()
-                        async for delta in role.backend.stream(req):
+                        async for delta in paced(role.backend.stream(req),
+                                                 role.spec.timeout_s):
                             if delta.prompt_tokens is not None:
                                 final = delta
                             if not delta.text:
@@ -339,36 +313,21 @@ class RunContext:
                 "top_k": top_k}
         key, hit = self._cached(role, body, None)
         if hit is not None:
-            self._record(role, "score", call_key, 1, time.monotonic(), cache_hit=True)
+            self._record_hit(role, "score", call_key, hit.get("prompt_tokens", 0), 0, None)
             return [TokenLogprob.model_validate(t) for t in hit["tokens"]]
         self._check_replay(call_key)
-        prompt_est = role.backend.estimate_tokens(text + "".join(m.content for m in messages))
-        reservation = self._reserve(role, prompt_est, 0, f"{self.node}/{call_key}")
-        spent_tokens, spent_dollars = 0, 0.0
-        try:
-            attempt = 0
-            while True:
-                attempt += 1
-                t0 = time.monotonic()
-                try:
-                    async with role:
-                        t0 = time.monotonic()
-                        scored = await role.backend.prompt_logprobs(messages, text, top_k)
-                except BackendError as exc:
-                    if not self._retry_or_raise(role, call_key, attempt, t0, exc, None, "score"):
-                        raise
-                    await self._wait_retry(role, attempt, exc)
-                    continue
-                prompt_tokens = getattr(scored, "prompt_tokens", None) or len(scored)
-                cost = role.spec.cost(prompt_tokens, 0)
-                spent_tokens, spent_dollars = prompt_tokens, cost
-                self._record(role, "score", call_key, attempt, t0, prompt_tokens=prompt_tokens,
-                             completion_tokens=0, cost_usd=cost,
-                             cached_prompt_tokens=getattr(scored, "cached_prompt_tokens", 0) or 0,
-                             served_by=getattr(scored, "served_by", None))
-                if key is not None:
-                    self.state.store.put(key, {"tokens": [t.model_dump(mode="json")
-                                                          for t in scored]})
-                return list(scored)
-        finally:
-            self.state.budget.settle(reservation, spent_tokens, spent_dollars)
+
+        async def attempt(progress: Progress) -> tuple[list[TokenLogprob], Outcome]:
+            scored = await role.backend.prompt_logprobs(messages, text, top_k)
+            return list(scored), Outcome(
+                getattr(scored, "prompt_tokens", None) or len(scored), 0,
+                getattr(scored, "cached_prompt_tokens", 0) or 0,
+                getattr(scored, "served_by", None))
+
+        estimate = role.backend.estimate_tokens(text + "".join(m.content for m in messages))
+        scored = await call_pipeline(self, role, "score", call_key, attempt, max_out=0,
+                                     prompt_estimate=estimate)
+        if key is not None:
+            self.state.store.put(key, {"tokens": [t.model_dump(mode="json") for t in scored],
+                                       "prompt_tokens": estimate})
+        return scored
