@@ -82,8 +82,11 @@ async def call_pipeline(ctx: "RunContext", role: "Role", kind: str, call_key: st
             try:
                 async with role:
                     t0 = time.monotonic()
-                    async with asyncio.timeout(role.spec.timeout_s):
+                    if role.spec.timeout_s is None:   # no timer to arm on the common path
                         result, out = await attempt(progress)
+                    else:
+                        async with asyncio.timeout(role.spec.timeout_s):
+                            result, out = await attempt(progress)
             except TimeoutError:
                 exc: BackendError = timed_out(role)
                 if not ctx._retry_or_raise(role, call_key, number, t0, exc, fields.get("seed"),
