@@ -26,9 +26,13 @@ def python_version() -> str:
     return sys.version.split()[0]
 
 
-def write_result(name: str, payload: dict) -> Path:
+def write_result(name: str, payload: dict, keep_previous: bool = False) -> Path:
+    """Write `results/NAME.json`; with keep_previous, earlier runs move under `previous_runs`."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    if keep_previous and path.exists():
+        old = json.loads(path.read_text())
+        payload = {**payload, "previous_runs": old.pop("previous_runs", []) + [old]}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
 

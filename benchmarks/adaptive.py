@@ -12,7 +12,9 @@ Differences between arms are therefore the methods' own, and accuracy is compare
 Completion tokens per arm are the ledger's (the engine's usage of each finished call; the tokens
 read before a stop for a stopped one); each live phase is checked against the server's own
 counter (`vllm:generation_tokens_total`), which also counts what the engine generated after a
-stop before the abort reached it.
+stop before the abort reached it (and every other client's tokens: run nothing else against
+the server while measuring). SC@8, the first 8 pooled samples, is self-consistency at about
+particle filtering's token budget.
 
 Splits: gsm8k rows 0-19 tune the settings (--split tune); the reported rows start at 20
 (--split report). Rows are appended to benchmarks/results/adaptive_rows.jsonl as they finish;
@@ -58,6 +60,8 @@ SETTINGS = {"window": 32, "keep_offline": 0.9, "keep_online": 0.1, "warmup": 4, 
 def arms(s: dict) -> dict[str, tuple[str, dict]]:
     return {
         "sc16": ("self_consistency", {**COMMON, "n": 16}),
+        # the first 8 pooled samples: SC at about particle filtering's token budget
+        "sc8": ("self_consistency", {**COMMON, "n": 8}),
         "deepconf_offline": ("deepconf", {**COMMON, "n": 16, "mode": "offline",
                                           "window": s["window"], "keep_share": s["keep_offline"]}),
         "adaptive_consistency": ("adaptive_consistency", {**COMMON, "n": 16, "wave": s["wave"]}),
@@ -158,31 +162,51 @@ def paired_ci(a: np.ndarray, b: np.ndarray, seed: int = 0, draws: int = 10_000) 
 
 
 def summarise(split: str, problems: list[dict], arm_names: list[str], phase: dict) -> dict:
+    """Each arm over the problems it and SC@16 both finished, paired with SC@16 there."""
     rows = done_rows(split)
-    ids = [p["id"] for p in problems if all((a, p["id"]) in rows for a in arm_names)]
-    out: dict = {"problems": len(ids), "split": split}
-    sc = np.array([rows[("sc16", i)]["correct"] for i in ids])
-    sc_tokens = sum(rows[("sc16", i)]["completion_tokens"] for i in ids)
+    order = [p["id"] for p in problems]
+    out: dict = {"split": split}
     table = []
     for arm in arm_names:
+        ids = [i for i in order if (arm, i) in rows and ("sc16", i) in rows]
+        if not ids:
+            continue
+        sc = np.array([rows[("sc16", i)]["correct"] for i in ids])
+        sc_tokens = sum(rows[("sc16", i)]["completion_tokens"] for i in ids)
         acc = np.array([rows[(arm, i)]["correct"] for i in ids])
         tokens = sum(rows[(arm, i)]["completion_tokens"] for i in ids)
-        walls = [rows[(arm, i)]["wall_s"] for i in ids]
+        out[f"problems_{arm}"] = len(ids)
         out[f"acc_{arm}"] = round(float(acc.mean()), 4)
+        out[f"acc_sc16_on_{arm}_problems"] = round(float(sc.mean()), 4)
         out[f"tokens_per_problem_{arm}"] = round(tokens / len(ids), 1)
         out[f"tokens_ratio_{arm}"] = round(tokens / sc_tokens, 4)
-        out[f"wall_s_mean_{arm}"] = round(float(np.mean(walls)), 2)
+        out[f"wall_s_mean_{arm}"] = round(float(np.mean([rows[(arm, i)]["wall_s"]
+                                                          for i in ids])), 2)
         if arm != "sc16":
             out[f"diff_vs_sc16_{arm}"] = round(float((acc.astype(float) - sc).mean()), 4)
             out[f"diff_vs_sc16_ci95_{arm}"] = paired_ci(acc, sc)
-        table.append((arm, f"{acc.mean():.3f}", f"{tokens / len(ids):.0f}",
-                      f"{tokens / sc_tokens:.2f}", out.get(f"diff_vs_sc16_{arm}", "-"),
-                      out.get(f"diff_vs_sc16_ci95_{arm}", "-")))
-    pools = [rows[("sc16", i)]["sample_correct"] for i in ids]
-    out["first_sample_acc"] = round(float(np.mean([p[0] for p in pools])), 4)
-    out["pass_at_16_acc"] = round(float(np.mean([any(p) for p in pools])), 4)
+        table.append((arm, len(ids), f"{acc.mean():.3f}", f"{sc.mean():.3f}",
+                      f"{tokens / len(ids):.0f}", f"{tokens / sc_tokens:.2f}",
+                      out.get(f"diff_vs_sc16_{arm}", "-"), out.get(f"diff_vs_sc16_ci95_{arm}", "-")))
+    pf_ids = [i for i in order if ("particle_filter", i) in rows and ("sc8", i) in rows]
+    if pf_ids:   # particle filtering against SC at about its token budget, paired
+        pf = np.array([rows[("particle_filter", i)]["correct"] for i in pf_ids])
+        sc8 = np.array([rows[("sc8", i)]["correct"] for i in pf_ids])
+        out["acc_sc8_on_particle_filter_problems"] = round(float(sc8.mean()), 4)
+        out["tokens_ratio_particle_filter_vs_sc8"] = round(
+            sum(rows[("particle_filter", i)]["completion_tokens"] for i in pf_ids)
+            / sum(rows[("sc8", i)]["completion_tokens"] for i in pf_ids), 4)
+        out["diff_vs_sc8_particle_filter"] = round(float((pf.astype(float) - sc8).mean()), 4)
+        out["diff_vs_sc8_ci95_particle_filter"] = paired_ci(pf, sc8)
+    common = [i for i in order if all((a, i) in rows for a in arm_names if a != "particle_filter")]
+    out["problems"] = len(common)
+    pools = [rows[("sc16", i)]["sample_correct"] for i in order if ("sc16", i) in rows]
+    if pools:
+        out["first_sample_acc"] = round(float(np.mean([p[0] for p in pools])), 4)
+        out["pass_at_16_acc"] = round(float(np.mean([any(p) for p in pools])), 4)
     out["this_invocation"] = phase   # the engine's counter beside the ledger's live tokens
-    print_table(table, ("arm", "acc", "tokens/problem", "ratio", "diff vs SC16", "95% CI"))
+    print_table(table, ("arm", "problems", "acc", "SC16 there", "tokens/problem", "ratio",
+                        "diff vs SC16", "95% CI"))
     return out
 
 
@@ -199,16 +223,18 @@ async def main(args: argparse.Namespace) -> None:
     chosen = args.arms.split(",") if args.arms else list(plan)
     t0 = time.monotonic()
     print(f"{', '.join(chosen)} on {len(problems)} problems", flush=True)
-    phase = await run_problems(split, plan, chosen, problems, roles, cache, args.at_once,
-                               args.base_url)
+    phase = {} if args.summarise else await run_problems(
+        split, plan, chosen, problems, roles, cache, args.at_once, args.base_url)
     summary = summarise(split, problems, chosen, phase)
     summary.update({"settings": settings, "sampling": COMMON, "model": args.model,
                     "machine": machine(), "wall_s": round(time.monotonic() - t0, 1),
                     "data": f"gsm8k.jsonl rows {TUNE_ROWS}+ (report) / 0-{TUNE_ROWS - 1} (tune)",
                     "targets": {"deepconf_online_or_adaptive": "acc >= acc_sc16 - 0.01 at "
-                                "tokens_ratio <= 0.5 (>= 100 problems)"}})
+                                "tokens_ratio <= 0.5 (>= 100 problems)",
+                                "particle_filter": "acc >= self-consistency's at an equal token "
+                                "budget (sc8: the first 8 pooled samples)"}})
     name = "adaptive" if split == "report" else f"adaptive_{split}"
-    print("wrote", write_result(name, summary))
+    print("wrote", write_result(name, summary, keep_previous=True))
     cache.close()
 
 
@@ -221,6 +247,8 @@ if __name__ == "__main__":
     parser.add_argument("--split", choices=("tune", "report"), default="report")
     parser.add_argument("--arms", help="comma-separated subset, in order")
     parser.add_argument("--settings", help="JSON overriding SETTINGS (tuning only)")
+    parser.add_argument("--summarise", action="store_true",
+                        help="write the JSON from the rows so far, run nothing")
     parser.add_argument("--tag", default="", help="suffix of the split's rows (a tuning trial)")
     parser.add_argument("--at-once", type=int, default=4, help="problems in flight")
     parser.add_argument("--cache", default=os.environ.get(

@@ -157,12 +157,8 @@ def main() -> None:
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    previous = RESULTS / "engine_speed.json"
-    if previous.exists():    # a rerun keeps every earlier run's figures
-        old = json.loads(previous.read_text())
-        payload["previous_runs"] = old.pop("previous_runs", []) + [old]
     print(f"decode b16: {payload['decode_b16_speedup']:.2f}x before; wrote",
-          write_result("engine_speed", payload))
+          write_result("engine_speed", payload, keep_previous=True))   # every run's figures
 
 
 if __name__ == "__main__":
