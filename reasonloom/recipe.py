@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from reasonloom.backends.key_policy import name_problem, route_problem
 from reasonloom.backends.spec import BackendSpec, Endpoint
 from reasonloom.orchestrator.budget import BudgetSpec
-from reasonloom.orchestrator.cache import CacheMode
+from reasonloom.orchestrator.cache import CacheSpec, SharedCache
 from reasonloom.orchestrator.graph import Graph, GraphError
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec, RoleTerms
 from reasonloom.orchestrator.types import FrozenModel, Problem
@@ -92,8 +92,14 @@ class RecipeSpec(FrozenModel):
     nodes: dict[str, NodeConfig]
     output: str | None = None
     budget: BudgetSpec = BudgetSpec()
-    cache: CacheMode = "off"
+    cache: CacheSpec = CacheSpec()   # `off | record | read_write | replay`, or {mode, path}
     shaping: bool = True     # `on | off`: prefix-aware prompt layout and n-sampling
+
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_mode_alone(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
 
 
 class RecipeError(ValueError):
@@ -300,9 +306,23 @@ class Recipe:
 
         kwargs.setdefault("seed", self.spec.seed)
         kwargs.setdefault("budget", self.spec.budget)
-        kwargs.setdefault("cache", self.spec.cache)
         kwargs.setdefault("shaping", self.spec.shaping)
-        return await run(self.graph, problem, roles or self.build_roles(), **kwargs)
+        cache = self.spec.cache
+        if cache.path is None or kwargs.get("shared_cache") is not None:
+            kwargs.setdefault("cache", cache.mode)
+            return await run(self.graph, problem, roles or self.build_roles(), **kwargs)
+        kwargs.setdefault("cache", "off")   # a run's own file only where the caller asks
+        shared = SharedCache(Path(cache.path), cache.mode)
+        try:
+            return await run(self.graph, problem, roles or self.build_roles(),
+                             shared_cache=shared, **kwargs)
+        finally:
+            shared.close()
+
+    def with_shared_cache(self, path: str | Path | None = None) -> "Recipe":
+        """This recipe reading and writing the shared call cache at `path` (`--cache PATH`)."""
+        spec = self.spec.model_copy(update={"cache": self.spec.cache.shared(path)})
+        return Recipe(spec, self.graph, self.source)
 
     def run(self, problem: Problem | str, **kwargs: Any):
         """Synchronous convenience: runs on one long-lived background loop, so engines started

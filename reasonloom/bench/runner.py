@@ -34,9 +34,11 @@ class RecipeSummary(BaseModel):
     accuracy: float
     ci95: tuple[float, float]
     problems: int
-    mean_cost_usd: float
-    mean_tokens: float
+    mean_cost_usd: float              # what every call cost, cached ones at their price
+    mean_tokens: float                # live and cached calls' tokens alike
     calls: float                      # mean model calls per problem
+    cached_calls: float = 0.0         # of those, answered from a call cache
+    mean_cached_cost_usd: float = 0.0     # the cached calls' share of mean_cost_usd
     p50_latency_s: float | None
     p90_latency_s: float | None
     joules_per_problem: float | None  # None: no energy counter on this machine
@@ -127,10 +129,14 @@ def summarize(rows: list[ProblemResult], joules: float | None) -> RecipeSummary:
     acc = correct / n if n else 0.0
     return RecipeSummary(
         accuracy=acc, ci95=wilson_ci95(correct, n), problems=n,
-        mean_cost_usd=sum(t.get("cost_usd", 0.0) for t in totals) / max(n, 1),
+        mean_cost_usd=sum(t.get("cost_usd", 0.0) + t.get("replayed_cost_usd", 0.0)
+                          for t in totals) / max(n, 1),
         mean_tokens=sum(t.get("prompt_tokens", 0) + t.get("completion_tokens", 0)
-                        for t in totals) / max(n, 1),
+                        + t.get("replayed_prompt_tokens", 0)
+                        + t.get("replayed_completion_tokens", 0) for t in totals) / max(n, 1),
         calls=sum(t.get("calls", 0) for t in totals) / max(n, 1),
+        cached_calls=sum(t.get("cached_calls", 0) for t in totals) / max(n, 1),
+        mean_cached_cost_usd=sum(t.get("replayed_cost_usd", 0.0) for t in totals) / max(n, 1),
         p50_latency_s=percentile(latencies, 50), p90_latency_s=percentile(latencies, 90),
         joules_per_problem=joules_per,
         accuracy_per_wh=(acc / (joules_per / 3600)) if joules_per else None)

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fields", metavar="question=COL,answer=COL",
                    help="map other column names onto question/answer/context/id")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    p.add_argument("--cache", nargs="?", const="", metavar="PATH",
+                   help="one call cache for every recipe and rerun (default "
+                        "$REASONLOOM_HOME/cache.sqlite); cached calls are billed what they cost")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="shard the problems over a Ray cluster (ADDRESS: auto, HOST:6379, "
                         "ray://HOST:10001; none: a local cluster); embedded roles are served by "
@@ -48,10 +51,12 @@ def main(args: argparse.Namespace) -> int:
     recipes = []
     for path in args.recipes:
         try:
-            recipes.append(load_recipe(path, args.set))
+            recipe = load_recipe(path, args.set)
         except RecipeError as exc:
             print(exc, file=sys.stderr)
             return 2
+        recipes.append(recipe if args.cache is None else recipe.with_shared_cache(
+            args.cache or None))
     names = [r.name for r in recipes]
     if len(set(names)) != len(names):
         return _fail("two recipes share a file name; results are keyed by it")
@@ -148,11 +153,13 @@ async def run_bench(recipes, items, args, out: Path) -> int:
 
 
 def print_table(summaries: dict) -> None:
-    header = ("recipe", "acc", "95% CI", "$/problem", "tokens", "calls", "p50 s", "p90 s", "J")
+    header = ("recipe", "acc", "95% CI", "$/problem", "tokens", "calls", "cached", "p50 s",
+              "p90 s", "J")
     rows = []
     for name, s in summaries.items():
         rows.append((name, f"{s['accuracy']:.3f}", f"[{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]",
                      f"{s['mean_cost_usd']:.6f}", f"{s['mean_tokens']:.0f}", f"{s['calls']:.1f}",
+                     f"{s.get('cached_calls', 0.0):.1f}",
                      f"{s['p50_latency_s'] or 0:.1f}", f"{s['p90_latency_s'] or 0:.1f}",
                      "n/a" if s["joules_per_problem"] is None else f"{s['joules_per_problem']:.1f}"))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]

@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "chat": ("reasonloom.serve.chat", "chat with a recipe or a served model in the terminal"),
     "bench": ("reasonloom.cli.bench_cmd", "measure recipes on a dataset"),
     "steer": ("reasonloom.cli.steer_cmd", "CREST steering: calibrate vectors"),
+    "cache": ("reasonloom.cli.cache_cmd", "a shared call cache: stats or clear"),
 }
 
 

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="FILE.jsonl", help="append every event to this file")
     p.add_argument("--context-file", metavar="FILE", help="a long document for --input")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a killed run")
+    p.add_argument("--cache", nargs="?", const="", metavar="PATH",
+                   help="read and write a call cache shared by runs and processes "
+                        "(default $REASONLOOM_HOME/cache.sqlite)")
 
 
 def read_dataset(path: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -112,7 +115,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     # Every CLI run records its calls, so a killed run can be resumed; a resumed run reads
     # them back and re-issues only the calls that had not completed.
-    cache = recipe.spec.cache if recipe.spec.cache != "off" else (
+    if args.cache is not None:
+        recipe = recipe.with_shared_cache(args.cache or None)
+    mode = recipe.spec.cache.mode
+    cache = mode if mode != "off" and recipe.spec.cache.path is None else (
         "read_write" if args.resume else "record")
     if not args.resume:
         save_manifest(run_id, manifest)

@@ -1,4 +1,5 @@
-"""The opt-in call cache and run state: one SQLite file per run under $REASONLOOM_HOME/runs/.
+"""The opt-in call cache and run state: one SQLite file per run under $REASONLOOM_HOME/runs/,
+and optionally a shared call cache that many runs and processes read and write.
 
 Key = role's model id + engine-config hash + full request + sample index + seed, so a
 different engine or a different sample never reads another's result.
@@ -13,6 +14,10 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import field_validator
+
+from reasonloom.orchestrator.types import FrozenModel
+
 # off: nothing; record: write this run's calls (what --resume reads) without reading;
 # read_write: reuse any recorded call; replay: recorded calls only, a miss is an error.
 CacheMode = Literal["off", "record", "read_write", "replay"]
@@ -20,6 +25,34 @@ CacheMode = Literal["off", "record", "read_write", "replay"]
 
 def reasonloom_home() -> Path:
     return Path(os.environ.get("REASONLOOM_HOME", Path.home() / ".cache" / "reasonloom"))
+
+
+def default_shared_cache() -> Path:
+    """Where `--cache` with no path and `reasonloom cache` look."""
+    return reasonloom_home() / "cache.sqlite"
+
+
+class CacheSpec(FrozenModel):
+    """A recipe's `cache:`: a mode alone (`cache: read_write`: the run's own file), or
+    `{mode, path}`: a store shared by every run and process that names the same path."""
+
+    mode: CacheMode = "off"
+    path: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _expanded(cls, value: str | None) -> str | None:
+        return None if value is None else str(Path(value).expanduser())
+
+    @classmethod
+    def of(cls, value: "CacheSpec | str | dict") -> "CacheSpec":
+        return value if isinstance(value, CacheSpec) else (
+            cls(mode=value) if isinstance(value, str) else cls.model_validate(value))
+
+    def shared(self, path: str | Path | None = None) -> "CacheSpec":
+        """This spec pointed at a shared store; a mode that never reads becomes read_write."""
+        mode = self.mode if self.mode in ("read_write", "replay") else "read_write"
+        return CacheSpec(mode=mode, path=str(path or self.path or default_shared_cache()))
 
 
 def runs_dir() -> Path:
@@ -120,3 +153,64 @@ class SharedCache(RunStore):
 
     def put_node_output(self, node: str, value: dict[str, Any]) -> None:
         return None
+
+
+class TieredStore:
+    """A run's own file in front of a shared call cache. The run's file keeps what `--resume`
+    reads (its calls and node outputs); a call is looked up in the run's file, then in the
+    shared cache, and written to both."""
+
+    def __init__(self, own: RunStore, shared: RunStore):
+        self.own, self.shared = own, shared
+        self.mode: CacheMode = "replay" if "replay" in (own.mode, shared.mode) else shared.mode
+
+    @property
+    def reads(self) -> bool:
+        return self.own.reads or self.shared.reads
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        hit = self.own.get(key)
+        return hit if hit is not None else self.shared.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.own.put(key, value)
+        self.shared.put(key, value)
+
+    def put_node_output(self, node: str, value: dict[str, Any]) -> None:
+        self.own.put_node_output(node, value)
+
+    def close(self) -> None:   # the shared cache's owner closes it
+        self.own.close()
+
+
+def cache_stats(path: Path) -> dict[str, Any]:
+    """Entries by model and kind, and the file's size: what `reasonloom cache stats` prints."""
+    if not path.exists():
+        return {"path": str(path), "exists": False, "calls": 0, "bytes": 0, "by_model": {}}
+    store = RunStore(path, "read_write")
+    try:
+        with store._lock:
+            rows = store._db.execute(
+                "SELECT COALESCE(json_extract(value, '$.model'), '(not recorded)'), COUNT(*) FROM calls "
+                "GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    finally:
+        store.close()
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    return {"path": str(path), "exists": True, "calls": sum(n for _, n in rows), "bytes": size,
+            "by_model": {model: n for model, n in rows}}
+
+
+def clear_cache(path: Path) -> int:
+    """Delete every cached call; returns how many there were. Other processes may keep using
+    the file (SQLite's locking): they simply miss from now on."""
+    if not path.exists():
+        return 0
+    store = RunStore(path, "read_write")
+    try:
+        with store._lock:
+            count = store._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+            store._db.execute("DELETE FROM calls")
+            store._db.execute("VACUUM")
+    finally:
+        store.close()
+    return count

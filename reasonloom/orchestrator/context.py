@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Sequence
 from reasonloom.backends.base import Delta, Generation, GenerateRequest, Sample, TokenLogprob
 from reasonloom.backends.errors import BackendError, StreamCut
 from reasonloom.orchestrator.budget import Budget, BudgetExceeded
-from reasonloom.orchestrator.cache import CacheMiss, RunStore, cache_key
+from reasonloom.orchestrator.cache import CacheMiss, RunStore, TieredStore, cache_key
 from reasonloom.orchestrator.events import EventBus
 from reasonloom.orchestrator.ledger import CallRecord, Ledger
 from reasonloom.orchestrator.pipeline import Outcome, Progress, call_pipeline, paced
@@ -40,7 +40,7 @@ class RunState:
     ledger: Ledger = field(default_factory=Ledger)
     budget: Budget = field(default_factory=Budget)
     events: EventBus = field(default_factory=EventBus)
-    store: RunStore | None = None          # None = cache off
+    store: RunStore | TieredStore | None = None   # None = cache off
     best: Answer | None = None             # the best answer any strategy has published
     dropped: list[dict[str, Any]] = field(default_factory=list)   # calls a node let fail
     retry_rng: random.Random = field(default_factory=lambda: random.Random(0))
@@ -195,7 +195,7 @@ class RunContext:
         if store is not None:
             for key, sample in zip(keys, gen.samples):
                 store.put(key, {"sample": sample.model_dump(mode="json"),
-                                "prompt_tokens": gen.prompt_tokens})
+                                "prompt_tokens": gen.prompt_tokens, "model": role.model_id})
         return gen
 
     async def generate_until(self, role: Role | str, req: GenerateRequest, call_key: str,
@@ -297,7 +297,8 @@ class RunContext:
                              cost_usd=cost, ttft_s=ttft, seed=req.seed, n=req.n,
                              served_by=final.served_by if final else None)
                 if key is not None:
-                    self.state.store.put(key, {"text": text, "finish_reason":
+                    self.state.store.put(key, {"text": text, "model": role.model_id,
+                                               "finish_reason":
                                                final.finish_reason if final else None})
                 yield Delta(index=0, text="", finish_reason=final.finish_reason if final else None,
                             prompt_tokens=prompt_tokens, completion_tokens=completion)
@@ -329,5 +330,5 @@ class RunContext:
                                      prompt_estimate=estimate)
         if key is not None:
             self.state.store.put(key, {"tokens": [t.model_dump(mode="json") for t in scored],
-                                       "prompt_tokens": estimate})
+                                       "prompt_tokens": estimate, "model": role.model_id})
         return scored

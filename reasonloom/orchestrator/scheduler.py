@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from reasonloom.backends.base import AFFINITY_KEY
 from reasonloom.orchestrator.budget import Budget, BudgetExceeded, BudgetSpec
-from reasonloom.orchestrator.cache import CacheMode, RunStore
+from reasonloom.orchestrator.cache import CacheMode, RunStore, TieredStore
 from reasonloom.orchestrator.context import SHAPING, PartialStream, RunContext, RunState
 from reasonloom.orchestrator.events import Event, EventBus
 from reasonloom.orchestrator.graph import PROBLEM, Graph, NodeSpec, Source
@@ -161,8 +161,9 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
     if isinstance(problem, str):
         problem = Problem.from_text(problem)
     run_id = run_id or uuid.uuid4().hex[:12]
-    store = shared_cache if shared_cache is not None else (
-        None if cache == "off" else RunStore.for_run(run_id, cache))
+    own = None if cache == "off" else RunStore.for_run(run_id, cache)
+    store = own if shared_cache is None else (
+        shared_cache if own is None else TieredStore(own, shared_cache))
     events = EventBus()
     kept: list[dict[str, Any]] = []
     if keep_events:

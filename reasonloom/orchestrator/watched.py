@@ -83,5 +83,5 @@ async def generate_until(ctx: "RunContext", role: "Role", req: GenerateRequest, 
                                  record={"seed": req.seed})
     if key is not None:
         ctx.state.store.put(key, {"sample": sample.model_dump(mode="json"),
-                                  "prompt_tokens": prompt_estimate})
+                                  "prompt_tokens": prompt_estimate, "model": role.model_id})
     return sample
