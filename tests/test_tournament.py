@@ -154,6 +154,8 @@ def test_v1_node_picks_the_candidate_the_judge_prefers_within_budget():
     details = result.answer.details
     assert details["comparisons"] <= details["budget"] == 8
     assert result.usage.by_node["v1"].calls == details["comparisons"]
+    assert len(details["log"]) == details["comparisons"]   # who met whom, with the ratings
+    assert all(a != b and {a, b} <= set(range(4)) for a, b, _, _ in details["log"])
     top = result.outputs["v1"]["candidates"]
     assert len(top) == 2 and top[0].score >= top[1].score
 

@@ -271,10 +271,18 @@ def _pairwise_judge(cfg: JudgeParams) -> PairwiseJudge:
                          temperature=cfg.temperature)
 
 
+def _rating(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
 def _plan_outputs(plan: TournamentPlan, candidates: Candidates, top_k: int | None) -> dict:
     details = {"comparisons": plan.issued, "budget": plan.budget, "rounds": plan.rounds,
                "unparsed": sum(not c.valid for c in plan.comparisons),
-               "degree": plan.degree()}
+               "degree": plan.degree(),
+               # who met whom (candidate indices, shown first then second) and the ratings
+               # (None: unparsed): what a report or a judge diagnostic reads
+               "log": [[c.first, c.second, _rating(c.rating_first), _rating(c.rating_second)]
+                       for c in plan.comparisons]}
     return selection_outputs(candidates, plan.scores, top_k, details, best=plan.winner())
 
 
