@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,15 +25,7 @@ from reasonloom.orchestrator.seeds import derive_seed
 from reasonloom.orchestrator.types import Problem
 from reasonloom.recipe import Recipe, RecipeError, load_recipe
 from reasonloom.verifiers.sandbox import SandboxLimits, run_code
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def reasonloom(args: list[str], env: dict | None = None, timeout: float = 120
-               ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reasonloom.cli.main", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env or dict(os.environ),
-                          timeout=timeout)
+from tests.support.cli import reasonloom
 
 
 # -- budget: the last published best comes back ------------------------------------------------

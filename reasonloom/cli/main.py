@@ -42,6 +42,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="the engines' own log on stderr (default: a file under "
+                            "$REASONLOOM_HOME/logs/)")
         if name != only:
             continue
         p.set_defaults(_module=module, _name=name)
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", False):
         print(f"reasonloom: `{args.command}` is not available in this build", file=sys.stderr)
         return 2
+    from reasonloom.cli.console import route_engine_output
+
+    route_engine_output(args.verbose)   # stdout carries answers only, in every command
     mod = importlib.import_module(args._module)
     runner = getattr(mod, f"{args._name}_main", None) or mod.main
     try:

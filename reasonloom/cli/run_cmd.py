@@ -77,6 +77,7 @@ def save_manifest(run_id: str, manifest: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from reasonloom.cli.console import start_engines, status_console
     from reasonloom.cli.progress import ProgressDisplay
     from reasonloom.orchestrator.budget import BudgetExceeded
     from reasonloom.orchestrator.result import RunFailed
@@ -122,7 +123,8 @@ def main(args: argparse.Namespace) -> int:
         "read_write" if args.resume else "record")
     if not args.resume:
         save_manifest(run_id, manifest)
-    print(f"run {run_id} (resume with: reasonloom run --resume {run_id})", file=sys.stderr)
+    console = status_console()   # stderr; stdout carries answers (or JSON lines) only
+    console.print(f"run {run_id} (resume with: reasonloom run --resume {run_id})")
     trace = TraceWriter(args.trace) if args.trace else None
 
     def emit(row: dict, payload: dict[str, Any]) -> None:
@@ -131,16 +133,21 @@ def main(args: argparse.Namespace) -> int:
     async def run_all() -> int:
         roles = recipe.build_roles()
         status = 0
+        engines_started = False
         for index, row in enumerate(manifest["rows"]):
             done = manifest["finished"].get(str(index))
             if done is not None:   # finished before the kill: print what it gave
                 emit(row, done) if args.json else print((done["answer"] or {}).get("text"))
                 continue
+            if not engines_started:   # one status line per engine, before any node runs
+                await start_engines(roles, console)
+                engines_started = True
             problem = Problem.from_text(row["question"], id=row["id"], context=row["context"],
                                         gold=None if row["answer"] is None else str(row["answer"]))
             subscribers = [trace] if trace else []
             problem_run = run_id if len(manifest["rows"]) == 1 else f"{run_id}.{index}"
-            with ProgressDisplay(f"[{row['id']}]") as progress:
+            label = f"[{row['id']}]" if len(manifest["rows"]) > 1 else ""
+            with ProgressDisplay(console, label) as progress:
                 try:
                     result = await recipe.arun(problem, roles=roles, run_id=problem_run,
                                                cache=cache,
@@ -154,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
                     elif best is not None:
                         print(f"PARTIAL ANSWER (budget exhausted): {best}")
                     if partial is not None:
-                        print(cost_line(partial), file=sys.stderr)
+                        console.print(cost_line(partial))
                     status = 3
                     continue
                 except RunFailed as exc:
@@ -173,7 +180,8 @@ def main(args: argparse.Namespace) -> int:
                 print(result.answer.text if result.answer else "(no answer)")
                 if result.answer and result.answer.answer is not None:
                     print(f"answer: {result.answer.answer}")
-                print(cost_line(result), flush=True)
+                sys.stdout.flush()
+                console.print(cost_line(result))
         return status
 
     try:

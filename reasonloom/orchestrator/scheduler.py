@@ -48,6 +48,16 @@ def _as_answer(value: Any) -> Answer | None:
     return None
 
 
+def _answer_summary(answer: Any) -> dict[str, Any]:
+    """What a node's `node_finished` event says of its answer: the extracted answer and the
+    strategy's scalar details (votes, samples ...), for progress displays."""
+    if not isinstance(answer, Answer):
+        return {}
+    details = {key: value for key, value in (answer.details or {}).items()
+               if isinstance(value, (int, float, str, bool)) and len(str(value)) <= 40}
+    return {"answer": answer.answer, "answer_details": details}
+
+
 class Scheduler:
     def __init__(self, graph: Graph, state: RunState, problem: Problem,
                  finished: dict[str, dict[str, Any]] | None = None):
@@ -128,7 +138,7 @@ class Scheduler:
         if self.state.store is not None:
             self.state.store.put_node_output(name, _jsonable(out))
         if events.active:
-            events.emit("node_finished", name)
+            events.emit("node_finished", name, **_answer_summary(out.get("answer")))
         return out
 
     async def run(self) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reasonloom.backends.errors import EngineStartError
 from reasonloom.backends.vllm.cpu_defaults import cpu_engine_settings
+from reasonloom.backends.vllm.engine_output import engine_output
 
 # Prefix caching on by default: test-time strategies resend the same problem many times.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {"enable_prefix_caching": True, "max_model_len": 4096}
@@ -105,6 +106,13 @@ def steering_engine_args(model: str, engine_args: dict[str, Any]) -> dict[str, A
 
 
 def _start_engine(model: str, engine_args: dict[str, Any]) -> Any:
+    # vLLM prints from its import on, in this process and the ones it spawns: all of it goes
+    # to the engine's log (or stderr), never to stdout (engine_output.py)
+    with engine_output():
+        return _start_engine_quietly(model, engine_args)
+
+
+def _start_engine_quietly(model: str, engine_args: dict[str, Any]) -> Any:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
