@@ -26,6 +26,19 @@ def python_version() -> str:
     return sys.version.split()[0]
 
 
+def add_pool_arguments(parser, problems: int) -> None:
+    """The options of the benchmarks that read the shared gsm8k sample pool on a server."""
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--model", default="qwen05")
+    parser.add_argument("--quick", action="store_true", help="40 problems")
+    parser.add_argument("--problems", type=int, default=problems)
+    parser.add_argument("--split", choices=("tune", "report"), default="report")
+    parser.add_argument("--tag", default="", help="suffix of the split's rows (a tuning trial)")
+    parser.add_argument("--settings", help="JSON overriding SETTINGS (tuning only)")
+    parser.add_argument("--cache", default=os.environ.get(
+        "REASONLOOM_POOL", str(Path.home() / ".cache" / "reasonloom" / "gsm8k_pool.sqlite")))
+
+
 def write_result(name: str, payload: dict, keep_previous: bool = False) -> Path:
     """Write `results/NAME.json`; with keep_previous, earlier runs move under `previous_runs`."""
     RESULTS.mkdir(parents=True, exist_ok=True)

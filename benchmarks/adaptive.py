@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import RESULTS, data_dir, machine, print_table, write_result  # noqa: E402
+from benchmarks._common import (RESULTS, add_pool_arguments, data_dir, machine,  # noqa: E402
+                                print_table, write_result)
 from reasonloom.backends.openai import OpenAIBackend  # noqa: E402
 from reasonloom.bench.graders import grade  # noqa: E402
 from reasonloom.orchestrator.cache import SharedCache  # noqa: E402
@@ -246,19 +246,11 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--model", default="qwen05")
-    parser.add_argument("--quick", action="store_true", help="40 report problems")
-    parser.add_argument("--problems", type=int, default=100)
-    parser.add_argument("--split", choices=("tune", "report"), default="report")
+    add_pool_arguments(parser, problems=100)
     parser.add_argument("--arms", help="comma-separated subset, in order")
-    parser.add_argument("--settings", help="JSON overriding SETTINGS (tuning only)")
     parser.add_argument("--summarise", action="store_true",
                         help="write the JSON from the rows so far, run nothing")
-    parser.add_argument("--tag", default="", help="suffix of the split's rows (a tuning trial)")
     parser.add_argument("--at-once", type=int, default=4, help="problems in flight")
-    parser.add_argument("--cache", default=os.environ.get(
-        "REASONLOOM_POOL", str(Path.home() / ".cache" / "reasonloom" / "gsm8k_pool.sqlite")))
     ns = parser.parse_args()
     if ns.quick:
         ns.problems = min(ns.problems, 40)

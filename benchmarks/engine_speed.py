@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks._common import (RESULTS, machine, print_table, python_version,  # noqa: E402
+from benchmarks._common import (machine, print_table, python_version,  # noqa: E402
                                 write_result)
 
 RECIPE_ENGINE = {"max_model_len": 4096}     # recipes/self_consistency.yaml's `engine:`

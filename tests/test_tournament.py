@@ -9,7 +9,7 @@ import re
 
 from hypothesis import given, settings, strategies as st
 
-from reasonloom.backends.base import GenerateRequest
+from reasonloom.backends.base import GenerateRequest, TokenLogprob
 from reasonloom.backends.scripted import ScriptedBackend
 from reasonloom.orchestrator.graph import Graph
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec
@@ -158,6 +158,33 @@ def test_v1_node_picks_the_candidate_the_judge_prefers_within_budget():
     assert all(a != b and {a, b} <= set(range(4)) for a, b, _, _ in details["log"])
     top = result.outputs["v1"]["candidates"]
     assert len(top) == 2 and top[0].score >= top[1].score
+
+
+class _LetterJudge(ScriptedBackend):
+    """Prompt log-probs of a letter judge: the letter of the solution saying 'answer is 7'
+    is likely (-0.1), the other unlikely (-2.5); generation writes the samples."""
+
+    async def prompt_logprobs(self, messages, text, top_k=0):
+        self.scored = getattr(self, "scored", 0) + 1
+        body = messages[-1].content
+        a = body.split("### Solution A", 1)[1].split("### Solution B")[0]
+        right = "A" if "answer is 7" in a else "B"
+        return [TokenLogprob(token=text, logprob=-0.1 if text == right else -2.5)]
+
+
+def test_logprob_judge_mode_rates_by_letter_probability_and_generates_nothing():
+    backend = _LetterJudge(_judge_text)
+    g = Graph()
+    g.add("samples", "best_of_n", {"n": 4, "max_tokens": 16}, {"problem": "problem"})
+    g.add("v1", "v1_tournament", {"budget_multiplier": 2, "judge_mode": "logprob"},
+          {"problem": "problem", "candidates": "samples.candidates"})
+    g.set_output("v1")
+    result = asyncio.run(run(g, "What is 3 + 4?", _roles(backend)))
+    assert result.answer.answer == "7"
+    log = result.answer.details["log"]
+    assert log and all(abs(ra + rb - 11) < 1e-9 for _, _, ra, rb in log)   # 1 + 9p, 1 + 9(1-p)
+    assert backend.scored == 2 * len(log)                         # P("A") and P("B") each
+    assert result.usage.by_node["v1"].completion_tokens == 0
 
 
 def test_round_robin_and_pointwise_nodes_select_and_rank():

@@ -34,7 +34,7 @@ import asyncio
 import math
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 from pydantic import Field
 
@@ -244,6 +244,7 @@ async def play(plan: TournamentPlan, problem: Problem, candidates: Sequence[Cand
 class JudgeParams(FrozenModel):
     judge: str = "strongest"          # role of the judge (V1: the generator itself)
     reasoning: bool = True            # think before rating (the paper); False = ratings only
+    judge_mode: Literal["rating", "logprob"] = "rating"   # logprob: P("A") vs P("B"), no text
     max_tokens: int = Field(1024, ge=1)
     temperature: float = Field(0.0, ge=0)
     weight_floor: float = Field(0.1, gt=0)   # tau
@@ -268,7 +269,7 @@ class RoundRobinConfig(JudgeParams):
 
 def _pairwise_judge(cfg: JudgeParams) -> PairwiseJudge:
     return PairwiseJudge(cfg.judge, reasoning=cfg.reasoning, max_tokens=cfg.max_tokens,
-                         temperature=cfg.temperature)
+                         temperature=cfg.temperature, mode=cfg.judge_mode)
 
 
 def _rating(value: float) -> float | None:

@@ -33,6 +33,7 @@ PAIRWISE_INSTRUCTION = ("Compare Solution A and Solution B. {how}Rate each solut
                         "(certainly wrong) to 10 (certainly correct), ending with exactly two "
                         "lines:\nRating A: <1-10>\nRating B: <1-10>")
 _THINK = "Check the steps and the final answer of each, then decide. "
+PAIRWISE_CHOICE = "Which solution is correct, A or B? Answer with the letter only."
 NAN = float("nan")
 
 _RATING = re.compile(r"rating\s*[:=]?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -131,18 +132,31 @@ class PairwiseJudge:
     `reasoning=False` asks for the ratings only and, where the backend can continue an
     assistant message, starts the reply with "Rating A:" so even a small model answers in
     the format (a handful of output tokens per comparison).
+    `mode="logprob"` generates nothing: two prefill-only calls read P("A") against P("B") as
+    the first token of the reply to "which is correct?" (the shared prefix is cached), and
+    the verdict goes on the rating scale as 1 + 9 p and 1 + 9 (1 - p), so V1's weight, the
+    rating gap over 9, is |2p - 1|. For small models that write every rating alike (or copy
+    the template) instead of judging.
     """
 
     name = "pairwise_judge"
 
     def __init__(self, role: str = "strongest", reasoning: bool = True, max_tokens: int = 1024,
-                 temperature: float = 0.0, system: str | None = JUDGE_SYSTEM):
+                 temperature: float = 0.0, system: str | None = JUDGE_SYSTEM,
+                 mode: Literal["rating", "logprob"] = "rating"):
         self.role, self.reasoning, self.max_tokens = role, reasoning, max_tokens
-        self.temperature, self.system = temperature, system
+        self.temperature, self.system, self.mode = temperature, system, mode
 
     async def compare(self, problem: Problem, a: Candidate, b: Candidate, ctx: RunContext,
                       call_key: str = "pair") -> tuple[float, float]:
         role = ctx.roles.pick(self.role)
+        if self.mode == "logprob":
+            messages = pair_messages(problem, a.text, b.text, PAIRWISE_CHOICE, self.system)
+            first, second = await asyncio.gather(
+                ctx.prompt_logprobs(role, messages, "A", f"{call_key}/A"),
+                ctx.prompt_logprobs(role, messages, "B", f"{call_key}/B"))
+            p_first = _sigmoid(sum(t.logprob for t in first) - sum(t.logprob for t in second))
+            return 1.0 + 9.0 * p_first, 1.0 + 9.0 * (1.0 - p_first)
         instruction = PAIRWISE_INSTRUCTION.format(how=_THINK if self.reasoning else "")
         prefix = None
         if not self.reasoning and role.backend.capabilities.continue_final_message:
