@@ -15,7 +15,7 @@ from reasonloom.orchestrator.budget import Budget, BudgetExceeded
 from reasonloom.orchestrator.cache import CacheMiss, RunStore, TieredStore, cache_key
 from reasonloom.orchestrator.events import EventBus
 from reasonloom.orchestrator.ledger import CallRecord, Ledger
-from reasonloom.orchestrator.pipeline import Outcome, Progress, call_pipeline, paced
+from reasonloom.orchestrator.pipeline import CANCELLED, Outcome, Progress, call_pipeline, paced
 from reasonloom.orchestrator.roles import Role, Roles
 from reasonloom.orchestrator.seeds import derive_seed
 from reasonloom.orchestrator.types import Answer, Message
@@ -280,6 +280,16 @@ class RunContext:
                             # count no longer matches the fresh text, so it is not passed on.
                             yield Delta(index=delta.index, text=fresh,
                                         tokens=delta.tokens if fresh == delta.text else None)
+                except asyncio.CancelledError:   # its node stopped it: bill what was generated
+                    prompt_tokens = self._prompt_estimate(role, req)
+                    completion = role.backend.estimate_tokens(text) if text else 0
+                    spent_tokens = prompt_tokens + completion
+                    spent_dollars = role.spec.cost(prompt_tokens, completion)
+                    self._record(role, "stream", call_key, attempt, t0,
+                                 prompt_tokens=prompt_tokens, completion_tokens=completion,
+                                 cost_usd=spent_dollars, ttft_s=ttft, seed=req.seed, n=req.n,
+                                 error=CANCELLED)
+                    raise
                 except BackendError as exc:
                     wasted = role.backend.estimate_tokens(text) if text else 0
                     if not self._retry_or_raise(role, call_key, attempt, t0, exc, req.seed,

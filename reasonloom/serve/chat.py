@@ -7,8 +7,10 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
-from typing import Any
+import termios
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -49,6 +51,7 @@ class ChatSession:
         out = self.console
         answering = False
         summary = None
+        failures: list[str] = []   # shown once the run ends well; a failed run says it in one line
         try:
             turn = contextlib.aclosing(self.source.turn(self.messages))
             async with turn as events:   # closed here even when Ctrl-C cancels us
@@ -60,18 +63,28 @@ class ChatSession:
                                   soft_wrap=True)
                     elif event.kind == "progress" and not answering:
                         line = _progress_line(event)
-                        if line:
+                        if line and line.startswith("  !"):
+                            failures.append(line)
+                        elif line:
                             out.print(line, style="dim", markup=False, highlight=False)
                     elif event.kind == "error":
                         out.print(("\n" if answering else "") + f"error: {event.text}",
                                   style="red", markup=False, highlight=False)
                     elif event.kind == "done":
                         summary = event.summary
+        except asyncio.CancelledError:   # Ctrl-C: the answer stops, what it spent is counted
+            self.messages.pop()
+            cut = self.source.interrupted()
+            if cut.calls:
+                self.turns.append(cut)
+            raise
         except Exception as exc:   # an engine or server failure: one line, keep chatting
             out.print(f"\nerror: {type(exc).__name__}: {exc}", style="red", markup=False)
         if summary is None:
             self.messages.pop()   # the question had no answer: do not send it again
             return None
+        for line in failures:
+            out.print(line, style="dim", markup=False, highlight=False)
         out.print()
         out.print(_footer(summary), style="dim", markup=False, highlight=False)
         self.messages.append(Message(role="assistant", content=summary.text))
@@ -83,8 +96,9 @@ class ChatSession:
             self.console.print("no runs yet")
             return
         last = self.turns[-1]
+        label = last.run_id or last.status
         for title, rows in (("by model (role)", last.by_model), ("by node", last.by_node)):
-            table = Table(title=f"last run {last.run_id}: {title}", title_justify="left")
+            table = Table(title=f"last run {label}: {title}", title_justify="left")
             for col in ("", "calls", "prompt", "completion", "cached", "cost $"):
                 table.add_column(col, justify="right" if col else "left")
             for name, u in rows.items():
@@ -95,10 +109,13 @@ class ChatSession:
             self.console.print(table)
         total = sum(t.cost_usd for t in self.turns)
         tokens = sum(t.prompt_tokens + t.completion_tokens for t in self.turns)
-        self.console.print(f"ledger: last run ${last.cost_usd:.6f} ({last.calls} calls, "
+        cut = sum(t.status == "interrupted" for t in self.turns)
+        mark = " (interrupted)" if last.status == "interrupted" else ""
+        self.console.print(f"ledger: last run{mark} ${last.cost_usd:.6f} ({last.calls} calls, "
                            f"{last.prompt_tokens} prompt + {last.completion_tokens} completion "
                            f"tokens); this chat ${total:.6f} over {len(self.turns)} runs, "
-                           f"{tokens} tokens", markup=False, highlight=False)
+                           f"{tokens} tokens" + (f" ({cut} interrupted)" if cut else ""),
+                           markup=False, highlight=False)
 
     def show_trace(self) -> None:
         if not self.turns:
@@ -176,8 +193,17 @@ def main(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     session = ChatSession(source, console, args.system)
     loop = asyncio.new_event_loop()   # one loop for the whole chat: engines live on it
-    console.print(f"chatting with {source.label}. {HELP}", style="dim", markup=False)
     try:
+        try:
+            if isinstance(source, LocalSource):
+                console.print(f"starting {source.label}'s engines ...", style="dim",
+                              markup=False)
+            loop.run_until_complete(source.start())
+        except Exception as exc:   # an engine that cannot start: one line, not a traceback
+            print(f"reasonloom chat: {source.label}: cannot start: {type(exc).__name__}: "
+                  f"{exc}", file=sys.stderr)
+            return 1
+        console.print(f"chatting with {source.label}. {HELP}", style="dim", markup=False)
         while True:
             try:
                 line = input("you> ").strip()
@@ -202,18 +228,47 @@ def main(args: argparse.Namespace) -> int:
             else:
                 task = loop.create_task(session.ask(line))
                 try:
-                    loop.run_until_complete(task)
-                except KeyboardInterrupt:   # Ctrl-C stops this answer, not the chat
-                    task.cancel()
-                    loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+                    with ctrl_c_cancels(loop, task):   # Ctrl-C stops this answer, not the chat
+                        loop.run_until_complete(task)
+                except asyncio.CancelledError:
                     console.print("\n(interrupted)", style="dim")
-                    if session.messages and session.messages[-1].role == "user":
-                        session.messages.pop()
     finally:
         loop.run_until_complete(source.aclose())
         _close_loop(loop)
         sys.stdout.flush()
     return 0
+
+
+@contextlib.contextmanager
+def ctrl_c_cancels(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> Iterator[None]:
+    """While an answer runs, Ctrl-C cancels `task` and nothing else. On a terminal the key is
+    read as a byte (no SIGINT): the terminal would send SIGINT to the whole foreground process
+    group, and the engine's worker processes in it shut down on SIGINT. Typed keys are not
+    echoed into the answer meanwhile. Without a terminal (a pipe), SIGINT cancels the task."""
+    fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    if fd < 0 or not os.isatty(fd):
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+        return
+    saved = termios.tcgetattr(fd)
+    keys = termios.tcgetattr(fd)
+    keys[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG)   # lflag: raw keys, no signals
+    keys[6][termios.VMIN], keys[6][termios.VTIME] = 1, 0
+
+    def read_keys() -> None:
+        if b"\x03" in os.read(fd, 1024):   # Ctrl-C; other keys typed meanwhile are dropped
+            task.cancel()
+
+    termios.tcsetattr(fd, termios.TCSANOW, keys)
+    loop.add_reader(fd, read_keys)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:

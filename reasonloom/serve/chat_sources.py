@@ -39,6 +39,26 @@ class ChatEvent(BaseModel):
     summary: TurnSummary | None = None
 
 
+def spent_so_far(calls: list[dict[str, Any]]) -> TurnSummary:
+    """A turn cut short (Ctrl-C): what its finished and cancelled calls cost, from their
+    `call_finished` events (a cancelled call is billed for what it generated)."""
+    fields = ("calls", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_usd")
+    by_model: dict[str, dict[str, Any]] = {}
+    by_node: dict[str, dict[str, Any]] = {}
+    for call in calls:
+        for table, key in ((by_model, call.get("role") or "?"),
+                           (by_node, call.get("node") or "?")):
+            row = table.setdefault(key, dict.fromkeys(fields, 0))
+            row["calls"] += 1
+            for name in fields[1:]:
+                row[name] += call.get(name) or 0
+    return TurnSummary(status="interrupted", calls=len(calls), by_model=by_model,
+                       by_node=by_node,
+                       prompt_tokens=sum(c.get("prompt_tokens") or 0 for c in calls),
+                       completion_tokens=sum(c.get("completion_tokens") or 0 for c in calls),
+                       cost_usd=sum(c.get("cost_usd") or 0.0 for c in calls))
+
+
 class LocalSource:
     """Runs the recipe here; engines start on the first turn and serve every later one."""
 
@@ -46,6 +66,15 @@ class LocalSource:
         self.recipe = recipe
         self.roles = recipe.build_roles()
         self.label = recipe.name
+        self.calls: list[dict[str, Any]] = []   # the current turn's call_finished events
+
+    async def start(self) -> None:
+        """Start the recipe's in-process engines before the first question, so it is not
+        the one that waits for them (tens of seconds on a CPU)."""
+        for name in self.roles:
+            start = getattr(self.roles[name].backend, "engine", None)   # vLLM in-process
+            if start is not None:
+                await start()
 
     async def turn(self, messages: list[Message]) -> AsyncIterator[ChatEvent]:
         from reasonloom.orchestrator.budget import BudgetExceeded
@@ -58,6 +87,7 @@ class LocalSource:
                                                       subscribers=[queue.put_nowait]))
         task.add_done_callback(lambda _: queue.put_nowait(None))
         streamed, events, cost = [], [], 0.0
+        self.calls = []
         try:
             while (event := await queue.get()) is not None:
                 if event.kind == "token_delta" and event.data.get("answer") \
@@ -67,6 +97,8 @@ class LocalSource:
                 elif event.kind in PROGRESS:
                     cost += event.data.get("cost_usd", 0.0) if event.kind == "call_finished" else 0
                     body = {**event.to_json(), "run_cost_usd": cost}
+                    if event.kind == "call_finished":
+                        self.calls.append(body)
                     events.append(body)
                     yield ChatEvent(kind="progress", progress=body)
         finally:
@@ -74,6 +106,10 @@ class LocalSource:
             # destroyed at exit ("Task was destroyed but it is pending!", ContextVar errors)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            while not queue.empty():   # calls billed while the run unwound (a cut stream)
+                late = queue.get_nowait()
+                if late is not None and late.kind == "call_finished":
+                    self.calls.append(late.to_json())
         try:
             result = task.result()
             status, answer = "ok", result.answer.text if result.answer else ""
@@ -98,6 +134,10 @@ class LocalSource:
             yield ChatEvent(kind="token", text=answer)
         yield ChatEvent(kind="done", summary=summary)
 
+    def interrupted(self) -> TurnSummary:
+        """What the turn Ctrl-C stopped had cost (exact: the run's own calls)."""
+        return spent_so_far(self.calls)
+
     async def aclose(self) -> None:
         return None
 
@@ -115,6 +155,7 @@ class RemoteSource:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(None,
                                                                                connect=10))
+        self.calls: list[dict[str, Any]] = []   # the current turn's call_finished progress
 
     async def turn(self, messages: list[Message]) -> AsyncIterator[ChatEvent]:
         import httpx
@@ -122,6 +163,7 @@ class RemoteSource:
         body = {"model": self.model, "stream": True, "stream_options": {"include_usage": True},
                 "messages": [{"role": m.role, "content": m.content} for m in messages]}
         summary, events, text = TurnSummary(), [], []
+        self.calls = []
         try:
             async with self.client.stream("POST", f"{self.url}/chat/completions",
                                           json=body) as resp:
@@ -135,6 +177,8 @@ class RemoteSource:
                         progress = _json_or_none(line[1:].strip())
                         if isinstance(progress, dict) and "event" in progress:
                             events.append(progress)
+                            if progress["event"] == "call_finished":
+                                self.calls.append(progress)
                             yield ChatEvent(kind="progress", progress=progress)
                         continue
                     if not line.startswith("data:"):
@@ -158,11 +202,22 @@ class RemoteSource:
                         summary.status = extra["status"]
                     if chunk.get("usage"):
                         summary = _summary_from_usage(summary, chunk["usage"], extra)
+        except httpx.ConnectError as exc:
+            yield ChatEvent(kind="error", text=f"cannot reach {self.url}: {exc}")
+            return
         except httpx.HTTPError as exc:
-            yield ChatEvent(kind="error", text=f"{type(exc).__name__}: {exc}")
+            yield ChatEvent(kind="error", text=f"{self.url}: {type(exc).__name__}: {exc}")
             return
         summary.text, summary.events = "".join(text), events
         yield ChatEvent(kind="done", summary=summary)
+
+    async def start(self) -> None:
+        return None   # the server's engines are its own
+
+    def interrupted(self) -> TurnSummary:
+        """What the turn Ctrl-C stopped had cost, as far as the server's progress told us
+        before the client hung up (calls it was still making are not in it)."""
+        return spent_so_far(self.calls)
 
     async def aclose(self) -> None:
         await self.client.aclose()
