@@ -48,6 +48,7 @@ from reasonloom.orchestrator.graph import Graph  # noqa: E402
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
 from reasonloom.orchestrator.scheduler import run  # noqa: E402
 from reasonloom.orchestrator.types import Problem  # noqa: E402
+from reasonloom.verifiers.answers import canonical  # noqa: E402
 from reasonloom.verifiers.rules import answer_frequencies  # noqa: E402
 from reasonloom.verifiers.weaver import (WeaverParams, binarise, minmax, weaver_fit,  # noqa: E402
                                          weaver_select)
@@ -61,12 +62,17 @@ JUDGE_TOKENS = 12      # V1 ratings only: "Rating A: 7\nRating B: 3" and no more
 SETTINGS = {"v1_judge_mode": "rating"}
 ROWS = RESULTS / "real_selection_rows.jsonl"
 NODES = {"pointwise_judge": "judge", "mean_logprob": "logprob", "v1_tournament": "v1"}
-SCORED = ("judge", "logprob", "v1")
+SCORED = ("judge", "logprob", "v1")   # the scoring nodes, named as their scores
 # which nodes' calls each method pays for, besides the shared samples
 VERIFIER_NODES = {"first_sample": [], "majority": [], "pointwise_judge": ["judge"],
+                  **{f"close_vote_{s}_{m}": [s] for s in SCORED for m in (0, 1, 2)},
                   "mean_logprob": ["logprob"], "v1_tournament": ["v1"],
                   "naive_average": ["judge", "logprob", "v1"],
                   "weaver": ["judge", "logprob", "v1"], "weaver_pointwise": ["judge", "logprob"]}
+
+
+# answer-aware variants (score, margin): evaluated on the tuning split, one kept for reports
+CLOSE_VOTE = [(score, margin) for score in SCORED for margin in (0, 1, 2)]
 
 
 def graph(settings: dict) -> Graph:
@@ -170,9 +176,33 @@ def pairwise_diagnostics(rows: list[dict]) -> dict:
             "v1_unparsed_share": round(unparsed / total, 4) if total else None}
 
 
+def close_vote_pick(row: dict, score: str, margin: int) -> bool:
+    """Answer-aware selection: the majority answer, except where the vote is close (answers
+    within `margin` votes of the leader); there the one whose samples have the highest mean
+    `score` wins. The verifier only speaks where the vote is uncertain. Returns: right?"""
+    groups: dict[str, list[int]] = {}
+    for i, answer in enumerate(row["answers"]):
+        if answer is not None:
+            groups.setdefault(canonical(answer), []).append(i)
+    if not groups:
+        return bool(row["right"][0])
+    lead = max(len(g) for g in groups.values())
+    close = [g for g in groups.values() if len(g) >= lead - margin]
+    values = np.array(row["scores"][score], float)
+
+    def mean_score(g: list[int]) -> float:
+        seen = values[g][~np.isnan(values[g])]
+        return float(seen.mean()) if seen.size else -np.inf
+
+    best = max(close, key=lambda g: (mean_score(g), len(g)))
+    return bool(row["right"][best[0]])
+
+
 def selection(rows: list[dict]) -> tuple[dict[str, list[bool]], dict]:
     """Per-problem picks plus the set-level methods (naive average, Weaver)."""
     picks = {m: [r["picks"][m] for r in rows] for m in rows[0]["picks"]}
+    for score, margin in CLOSE_VOTE:
+        picks[f"close_vote_{score}_{margin}"] = [close_vote_pick(r, score, margin) for r in rows]
     index = [p for p, r in enumerate(rows) for _ in r["answers"]]
     answers = [a for r in rows for a in r["answers"]]
     labels = np.array([x for r in rows for x in r["right"]], bool)
