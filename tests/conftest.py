@@ -9,6 +9,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests check behaviour, not speed: a shared 2-core machine (CI, an engine test
+# beside them) makes the 200 ms default deadline fail tests that are correct.
+settings.register_profile("reasonloom", deadline=None)
+settings.load_profile("reasonloom")
 
 # float32 + eager: exact-equality claims need a batch-invariant setting (DESIGN.md).
 EMBEDDED_ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 4096}
