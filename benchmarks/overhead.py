@@ -5,6 +5,10 @@
     same graph on bare asyncio tasks; the backend awaits asyncio.sleep(0).
 (b) fan-out: 1 source -> 9,998 independent nodes -> 1 sink, concurrency limit 10,000, the
     backend awaits asyncio.sleep(0.05): how many calls are in flight at once.
+(c) where the time goes: the bare DAG, then the bare DAG calling the backend directly (its
+    pydantic reply types), then calling ctx.generate (the call pipeline: seed, budget, role
+    limiter, ledger, events) without the scheduler, then the full runtime: the least CPU time
+    per node of each, and what each layer adds.
 
     python benchmarks/overhead.py --quick
 """
@@ -25,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import machine, print_table, python_version, write_result  # noqa: E402
 from reasonloom.backends.base import GenerateRequest  # noqa: E402
 from reasonloom.backends.scripted import ScriptedBackend  # noqa: E402
-from reasonloom.orchestrator.budget import BudgetSpec  # noqa: E402
+from reasonloom.orchestrator.budget import Budget, BudgetSpec  # noqa: E402
+from reasonloom.orchestrator.context import RunContext, RunState  # noqa: E402
+from reasonloom.orchestrator.events import EventBus  # noqa: E402
 from reasonloom.orchestrator.graph import Graph  # noqa: E402
 from reasonloom.orchestrator.registry import register_node  # noqa: E402
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
@@ -88,6 +94,54 @@ async def bare_asyncio(parents: list[list[int]], delay: float) -> None:
     await asyncio.gather(*(node(i) for i in range(len(parents))))
 
 
+async def bare_with_backend(parents: list[list[int]], delay: float) -> None:
+    """Layer 1: the bare DAG, each node calling the backend directly (its reply types)."""
+    backend = ScriptedBackend(quick_answer, delay_s=delay)
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in parents]
+
+    async def node(i: int) -> None:
+        for p in parents[i]:
+            await futures[p]
+        gen = await backend.generate(REQUEST)
+        futures[i].set_result(Candidates([Candidate(text=gen.samples[0].text)]))
+
+    await asyncio.gather(*(node(i) for i in range(len(parents))))
+
+
+async def bare_with_pipeline(parents: list[list[int]], delay: float) -> None:
+    """Layer 2: the bare DAG, each node calling ctx.generate (seed, budget, throttle, ledger,
+    events: the call pipeline) on one run state, with no scheduler."""
+    role_set, _ = roles(delay, len(parents))
+    events = EventBus()
+    events.subscribe(lambda e: None)
+    state = RunState(run_id="r", seed=0, roles=role_set, budget=Budget(BudgetSpec(tokens=10**12)),
+                     events=events)
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in parents]
+
+    async def node(i: int) -> None:
+        for p in parents[i]:
+            await futures[p]
+        out = await one_call({}, OneCall(), RunContext(state, f"n{i}"))
+        futures[i].set_result(out)
+
+    await asyncio.gather(*(node(i) for i in range(len(parents))))
+    state.ledger.report()
+
+
+def cpu_per_node(fn, parents: list[list[int]], repeats: int) -> float:
+    """The least process CPU time per node over `repeats` runs (least: what load adds is
+    never negative)."""
+    best = float("inf")
+    for _ in range(repeats):
+        gc.collect()
+        c0 = time.process_time()
+        asyncio.run(fn(parents, 0.0))
+        best = min(best, time.process_time() - c0)
+    return best / len(parents) * 1e6
+
+
 def time_runtime(graph: Graph, delay: float, concurrency: int) -> tuple[float, ScriptedBackend]:
     role_set, backend = roles(delay, concurrency)
     events_seen = []
@@ -140,20 +194,31 @@ def main() -> None:
 
     cpu_node = statistics.median(runtime_cpu) / (n + 1) * 1e6
     cpu_node_bare = statistics.median(bare_cpu) / n * 1e6
+    # where the microseconds go: each layer added to the bare DAG, least CPU time of the runs
+    layers = {"bare asyncio": cpu_per_node(bare_asyncio, parents, repeats),
+              "+ backend reply types": cpu_per_node(bare_with_backend, parents, repeats),
+              "+ call pipeline (ctx.generate)": cpu_per_node(bare_with_pipeline, parents, repeats),
+              "+ scheduler (full runtime)": min(runtime_cpu) / (n + 1) * 1e6}
     rows = [("runtime (ledger+budget+events)", f"{per_node:.1f}", f"{cpu_node:.1f}",
              f"{statistics.median(runtime_s):.2f}"),
             ("bare asyncio tasks", f"{per_node_bare:.1f}", f"{cpu_node_bare:.1f}",
              f"{statistics.median(bare_s):.2f}")]
     print(f"(a) {n}-node random DAG, one call per node, median of {repeats}")
     print_table(rows, ("arm", "wall us/node", "cpu us/node", "wall s"))
+    names = list(layers)
+    print("\nwhere the time goes (least CPU us/node of the runs)")
+    print_table([(name, f"{layers[name]:.1f}",
+                  "-" if k == 0 else f"{layers[name] - layers[names[k - 1]]:+.1f}")
+                 for k, name in enumerate(names)], ("layer", "cpu us/node", "added"))
     print(f"\n(b) fan-out 1 -> {n - 2} -> 1, 50 ms calls, limit 10,000: max in flight "
           f"{backend.max_in_flight}, wall {fan_wall:.2f}s")
-    path = write_result("overhead", {
+    path = write_result("overhead", keep_previous=True, payload={
         "overhead_us_per_node": round(per_node, 2),
         "overhead_us_per_node_bare": round(per_node_bare, 2),
         # process CPU time: steadier than wall time when other work shares the cores
         "cpu_us_per_node": round(cpu_node, 2), "cpu_us_per_node_bare": round(cpu_node_bare, 2),
         "load_average_1m": os.getloadavg()[0],
+        "layers_cpu_us_per_node": {k: round(v, 2) for k, v in layers.items()},
         "max_in_flight": backend.max_in_flight, "nodes": n, "fanout_wall_s": round(fan_wall, 3),
         "repeats": repeats, "python": python_version(), "machine": machine(),
         "targets": {"overhead_us_per_node": "<= 40", "max_in_flight": ">= 5000"}})
