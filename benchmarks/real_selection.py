@@ -48,6 +48,7 @@ from reasonloom.orchestrator.graph import Graph  # noqa: E402
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
 from reasonloom.orchestrator.scheduler import run  # noqa: E402
 from reasonloom.orchestrator.types import Problem  # noqa: E402
+from reasonloom.strategies.tournament import Comparison, order_inconsistency  # noqa: E402
 from reasonloom.verifiers.answers import canonical  # noqa: E402
 from reasonloom.verifiers.rules import answer_frequencies  # noqa: E402
 from reasonloom.verifiers.weaver import (WeaverParams, binarise, minmax, weaver_fit,  # noqa: E402
@@ -66,11 +67,13 @@ SCORED = ("judge", "logprob", "v1")   # the scoring nodes, named as their scores
 # which nodes' calls each method pays for, besides the shared samples
 VERIFIER_NODES = {"first_sample": [], "majority": [], "pointwise_judge": ["judge"],
                   **{f"close_vote_{s}_{m}": [s] for s in SCORED for m in (0, 1, 2)},
-                  "mean_logprob": ["logprob"], "v1_tournament": ["v1"],
+                  "mean_logprob": ["logprob"], "v1_tournament": ["v1"], "v1_vote_fallback": ["v1"],
                   "naive_average": ["judge", "logprob", "v1"],
                   "weaver": ["judge", "logprob", "v1"], "weaver_pointwise": ["judge", "logprob"]}
 
 
+# v1 with vote_fallback: the majority decides where the judge's verdicts follow the order
+VOTE_FALLBACK = 0.5
 # answer-aware variants (score, margin): evaluated on the tuning split, one kept for reports
 CLOSE_VOTE = [(score, margin) for score in SCORED for margin in (0, 1, 2)]
 
@@ -198,9 +201,20 @@ def close_vote_pick(row: dict, score: str, margin: int) -> bool:
     return bool(row["right"][best[0]])
 
 
+def judge_flips(row: dict, threshold: float = VOTE_FALLBACK) -> bool:
+    """v1_tournament's `vote_fallback` rule on this problem's comparisons (same function)."""
+    nan = float("nan")
+    flips = order_inconsistency([Comparison(a, b, nan if ra is None else ra,
+                                            nan if rb is None else rb)
+                                 for a, b, ra, rb in row["v1_log"]])
+    return flips is not None and flips >= threshold
+
+
 def selection(rows: list[dict]) -> tuple[dict[str, list[bool]], dict]:
     """Per-problem picks plus the set-level methods (naive average, Weaver)."""
     picks = {m: [r["picks"][m] for r in rows] for m in rows[0]["picks"]}
+    picks["v1_vote_fallback"] = [r["picks"]["majority"] if judge_flips(r) else
+                                 r["picks"]["v1_tournament"] for r in rows]
     for score, margin in CLOSE_VOTE:
         picks[f"close_vote_{score}_{margin}"] = [close_vote_pick(r, score, margin) for r in rows]
     index = [p for p, r in enumerate(rows) for _ in r["answers"]]

@@ -16,6 +16,7 @@ from reasonloom.orchestrator.roles import Role, Roles, RoleSpec
 from reasonloom.orchestrator.scheduler import run
 from reasonloom.strategies.tournament import (Comparison, RoundRobinPlan, TournamentPlan,
                                               comparison_weight, coverage_pairs,
+                                              order_inconsistency,
                                               round_robin_pairs, swiss_pairs, weighted_win_rates)
 from reasonloom.verifiers.judges import parse_pair_ratings
 
@@ -185,6 +186,38 @@ def test_logprob_judge_mode_rates_by_letter_probability_and_generates_nothing():
     assert log and all(abs(ra + rb - 11) < 1e-9 for _, _, ra, rb in log)   # 1 + 9p, 1 + 9(1-p)
     assert backend.scored == 2 * len(log)                         # P("A") and P("B") each
     assert result.usage.by_node["v1"].completion_tokens == 0
+
+
+def test_order_inconsistency_tells_a_position_biased_judge_from_a_reliable_one():
+    quality = [3, 9, 1, 5, 7, 2, 8, 4]
+    reliable = _play(TournamentPlan(8, 24, rng=random.Random(0)),
+                     lambda i, j: (float(1 + quality[i]), float(1 + quality[j])))
+    first_wins = _play(TournamentPlan(8, 24, rng=random.Random(0)), lambda i, j: (9.0, 2.0))
+    assert order_inconsistency(reliable.comparisons) == 0.0
+    assert order_inconsistency(first_wins.comparisons) == 1.0
+    assert order_inconsistency([Comparison(0, 1, 9.0, 2.0)]) is None   # no pair seen both ways
+
+
+def _first_shown_wins(req: GenerateRequest, index: int) -> str:
+    if "### Solution A" not in req.messages[-1].content:
+        return f"The answer is {[3, 7, 5, 7][index % 4]}."
+    return " 9\nRating B: 2"
+
+
+def test_v1_falls_back_to_the_vote_when_its_judge_only_follows_the_order():
+    def tournament(params: dict):
+        g = Graph()
+        g.add("samples", "best_of_n", {"n": 4, "max_tokens": 16}, {"problem": "problem"})
+        g.add("v1", "v1_tournament", {"reasoning": False, **params},
+              {"problem": "problem", "candidates": "samples.candidates"})
+        g.set_output("v1")
+        return asyncio.run(run(g, "What is 3 + 4?", _roles(ScriptedBackend(_first_shown_wins))))
+
+    plain, guarded = tournament({}), tournament({"vote_fallback": 0.5})
+    assert plain.answer.details["order_inconsistency"] == 1.0
+    assert "fell_back_to_vote" not in plain.answer.details
+    assert guarded.answer.answer == "7" and guarded.answer.details["fell_back_to_vote"]
+    assert guarded.usage.total.calls == plain.usage.total.calls   # the judge still ran
 
 
 def test_round_robin_and_pointwise_nodes_select_and_rank():

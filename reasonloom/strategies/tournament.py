@@ -19,6 +19,12 @@ accuracy with 40% of its comparisons there (10,000 problems, N = 16, B = 48: 0.9
 whole-table rounds: 0.896), at the price of more sequential rounds. `None` restores the
 paper's whole-table rounds.
 
+A judge that crowns whichever solution it reads first says nothing about the solutions. The
+pairs shown in both orders measure that without labels (`order_inconsistency`: the share whose
+winner changed with the order); with `vote_fallback` set, a tournament whose judge flipped at
+least that often returns the majority vote instead (Qwen2.5-0.5B judging its own gsm8k samples
+preferred the first-shown solution in every decided comparison: benchmarks/real_selection.py).
+
 The tournament is a plain object (`TournamentPlan`): the node drives it with a real judge,
 the simulation benchmark with a simulated one.
 
@@ -41,6 +47,7 @@ from pydantic import Field
 from reasonloom.orchestrator.context import RunContext
 from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.types import Candidate, Candidates, FrozenModel, Problem
+from reasonloom.verifiers.answers import majority_answer
 from reasonloom.verifiers.base import PairwiseVerifier, selection_outputs
 from reasonloom.verifiers.judges import PairwiseJudge
 from reasonloom.verifiers.registry import PointwiseName, VerifierParams, pointwise_verifier
@@ -64,6 +71,21 @@ class Comparison:
         if self.rating_first == self.rating_second:
             return 0.5
         return 1.0 if self.rating_first > self.rating_second else 0.0
+
+
+def order_inconsistency(comparisons: Sequence[Comparison]) -> float | None:
+    """Of the pairs judged in both orders, the share whose winner changed with the order (a
+    tie in one order counts as changed); None when no pair was judged both ways."""
+    verdicts: dict[tuple[int, int], list[float]] = {}
+    for c in comparisons:
+        if c.valid:
+            low_wins = c.outcome() if c.first < c.second else 1.0 - c.outcome()
+            verdicts.setdefault((min(c.first, c.second), max(c.first, c.second)),
+                                []).append(low_wins)
+    both = [v for v in verdicts.values() if len(v) >= 2]
+    if not both:
+        return None
+    return sum(1 for v in both if v[0] != v[1] or v[0] == 0.5) / len(both)
 
 
 def comparison_weight(rating_a: float, rating_b: float, floor: float = 0.1) -> float:
@@ -261,6 +283,8 @@ class TournamentConfig(JudgeParams):
     both_orders: bool = True                   # show Swiss pairs both ways when affordable
     pairs_per_round: int | None = Field(1, ge=1)   # Swiss pairs per round, best first;
     #                                               None = the whole table (the paper)
+    vote_fallback: float | None = Field(None, gt=0, le=1)   # order_inconsistency at which
+    #                                               the majority vote decides instead
 
 
 class RoundRobinConfig(JudgeParams):
@@ -298,7 +322,18 @@ async def v1_tournament(inputs: dict, cfg: TournamentConfig, ctx: RunContext) ->
                           both_orders=cfg.both_orders, weight_floor=cfg.weight_floor,
                           pairs_per_round=cfg.pairs_per_round)
     await play(plan, inputs["problem"], candidates, _pairwise_judge(cfg), ctx)
-    return _plan_outputs(plan, candidates, cfg.top_k)
+    out = _plan_outputs(plan, candidates, cfg.top_k)
+    flips = order_inconsistency(plan.comparisons)
+    out["answer"].details["order_inconsistency"] = flips
+    if cfg.vote_fallback is not None and flips is not None and flips >= cfg.vote_fallback:
+        answer, supporters = majority_answer(candidates)
+        if supporters:
+            chosen = supporters[0]
+            out["answer"] = out["answer"].model_copy(update={
+                "text": chosen.text, "answer": answer,
+                "details": {**out["answer"].details, "fell_back_to_vote": True,
+                            "votes": len(supporters)}})
+    return out
 
 
 @register_node("round_robin", RoundRobinConfig,
