@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export LITELLM_LOCAL_MODEL_COST_MAP = True
 export TOKENIZERS_PARALLELISM = false
-QUESTION ?= Tom has 3 apples and buys 4 more. How many apples does he have now?
+# SmolLM2-135M answers this wrong greedily ("3") and right by a vote of 8 samples (README)
+QUESTION ?= What is 3 + 5?
 
-.PHONY: setup run test test-fast bench-quick clean sandbox-tools
+.PHONY: setup run test test-fast bench-quick clean sandbox-tools terminal-tools
 
-setup: $(VENV)/.ready sandbox-tools
+setup: $(VENV)/.ready sandbox-tools terminal-tools
 
 # bubblewrap is the code sandbox's kernel boundary (reasonloom/verifiers/sandbox.py); without it
 # the sandbox refuses to run candidate code
@@ -17,6 +18,12 @@ sandbox-tools:
 	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 	  { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; }; } || \
 	  echo "bubblewrap is not installed (apt-get install bubblewrap): the code sandbox will refuse to run"
+
+# tmux drives `reasonloom chat` like a user in tests/test_chat_tmux.py (send-keys, capture-pane)
+terminal-tools:
+	@command -v tmux >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q tmux || { apt-get update -q && apt-get install -y -q tmux; }; }; } || \
+	  echo "tmux is not installed (apt-get install tmux): the chat's terminal tests will fail"
 
 $(VENV)/.ready: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,7 +37,7 @@ $(VENV)/.ready: pyproject.toml
 	touch $@
 
 run: setup
-	$(VENV)/bin/reasonloom run recipes/self_consistency.yaml --input "$(QUESTION)"
+	$(VENV)/bin/reasonloom run recipes/greedy_vs_vote.yaml --input "$(QUESTION)"
 
 # The fast part first, no reruns (a failure there is a bug, not the machine); make stops on it
 # before any engine starts. Then the engine and slow tests with one rerun each for what the
