@@ -52,7 +52,7 @@ def status_stream() -> IO[str]:
 
 
 def status_console() -> Console:
-    return Console(file=status_stream(), highlight=False, soft_wrap=True)
+    return Console(file=status_stream(), highlight=False, markup=False, soft_wrap=True)
 
 
 def local_engines(roles: Any) -> list[tuple[str, Any]]:
