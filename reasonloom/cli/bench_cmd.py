@@ -77,10 +77,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def run_bench(recipes, items, args, out: Path) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from reasonloom.bench.energy import EnergyMeter
+    from reasonloom.cli.console import status_console
     from reasonloom.bench.plots import write_all
     from reasonloom.bench.runner import (bench_recipe, finished_ids, load_results,
                                          sample_energy, summarize)
@@ -88,7 +88,7 @@ async def run_bench(recipes, items, args, out: Path) -> int:
     results_file = out / "results.jsonl"
     energy_file = out / "energy.json"
     energy = json.loads(energy_file.read_text()) if energy_file.exists() else {}
-    console = Console(stderr=True)
+    console = status_console()   # stderr, also while an engine's start points fd 2 at its log
     for recipe in recipes:
         done_before = len([1 for r, _ in finished_ids(results_file) if r == recipe.name])
         stats = {"done": 0, "correct": 0, "dollars": 0.0, "tokens": 0, "t0": time.time()}
@@ -96,7 +96,7 @@ async def run_bench(recipes, items, args, out: Path) -> int:
         with Progress(TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
                       TimeRemainingColumn(), console=console, transient=False,
-                      disable=not sys.stderr.isatty()) as progress:
+                      disable=not console.is_terminal) as progress:
             task = progress.add_task(recipe.name, total=len(items), completed=done_before,
                                      info="")
 
