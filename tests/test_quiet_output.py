@@ -18,11 +18,14 @@ from tests.support.cli import reasonloom
 ROOT = Path(__file__).resolve().parents[1]
 
 # A child process started inside the window keeps writing after it closed, as vLLM's engine
-# core does; this process writes natively (fd 1 and 2) and through vLLM-style logging too.
+# core does; this process writes natively (fd 1 and 2) and through sys.stdout, which is (as
+# under a rich live display) a stream on a duplicate of fd 1, not fd 1 itself.
 ROUTED = textwrap.dedent("""
-    import logging, os, subprocess, sys, time
+    import os, subprocess, sys
     from pathlib import Path
     from reasonloom.backends.vllm.engine_output import engine_output, send_engine_output_to
+    sys.stdout = open(os.dup(1), "w", buffering=1)
+    sys.stderr = open(os.dup(2), "w", buffering=1)
     send_engine_output_to(None if sys.argv[1] == "-" else Path(sys.argv[1]))
     with engine_output():
         os.write(1, b"native stdout inside\\n")

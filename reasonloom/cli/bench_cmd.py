@@ -96,6 +96,7 @@ async def run_bench(recipes, items, args, out: Path) -> int:
         with Progress(TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
                       TimeRemainingColumn(), console=console, transient=False,
+                      redirect_stdout=False, redirect_stderr=False,
                       disable=not console.is_terminal) as progress:
             task = progress.add_task(recipe.name, total=len(items), completed=done_before,
                                      info="")

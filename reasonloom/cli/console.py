@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
+from rich.live import Live
+from rich.spinner import Spinner
 
 from reasonloom.backends.vllm.embedded import MODEL_NAME
 from reasonloom.backends.vllm.engine_output import engine_log_path, send_engine_output_to
@@ -79,9 +81,13 @@ async def start_engines(roles: Any, console: Console) -> None:
         t0 = time.monotonic()
         task = asyncio.ensure_future(backend.engine())
         if console.is_terminal:
-            with console.status(f"{label} ...") as status:
+            spinner = Spinner("dots", f"{label} ...")
+            # no redirection of sys.stdout/stderr into the display: the engine's prints must
+            # reach its log (engine_output.py), not the terminal
+            with Live(spinner, console=console, transient=True, redirect_stdout=False,
+                      redirect_stderr=False):
                 while not task.done():
                     await asyncio.wait({task}, timeout=1)
-                    status.update(f"{label} ... {time.monotonic() - t0:.0f} s")
+                    spinner.update(text=f"{label} ... {time.monotonic() - t0:.0f} s")
         await task
         console.print(f"{label}: ready in {time.monotonic() - t0:.0f} s")

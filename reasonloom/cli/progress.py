@@ -36,7 +36,7 @@ class ProgressDisplay:
     def __enter__(self) -> "ProgressDisplay":
         if self.live:
             self._live = Live(self._render(), console=self.console, refresh_per_second=8,
-                              transient=True)
+                              transient=True, redirect_stdout=False, redirect_stderr=False)
             self._live.__enter__()
         return self
 

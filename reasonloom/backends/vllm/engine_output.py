@@ -90,15 +90,20 @@ def engine_output() -> Iterator[None]:
         target_fd = 2 if target is sys.stderr else target.fileno()
         _flush(sys.stdout, sys.stderr, target)
         saved = os.dup(1), os.dup(2)
+        # Python-level writes too: sys.stdout/sys.stderr may be proxies that do not write to
+        # fds 1 and 2 (a rich live display's), and vLLM's logger takes sys.stderr at import
+        saved_streams = sys.stdout, sys.stderr
         try:
             os.dup2(target_fd, 1)
             if target_fd != 2:
                 os.dup2(target_fd, 2)
-            _point_vllm_logger(sys.stderr)   # fd 2 during the start: the target
+            sys.stdout = sys.stderr = target
+            _point_vllm_logger(target)
             try:
                 yield
             finally:
                 _flush(sys.stdout, sys.stderr)
+                sys.stdout, sys.stderr = saved_streams
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
                 _point_vllm_logger(target)
