@@ -1,7 +1,6 @@
-"""`evidence: kv_lookup` (opt-in, key-value retrieval only): what counts as evidence, garbled
-identifiers repaired, the source record a quote came from, asked keys turned into their
-records, Chain-of-Agents notes, and the manager's answer checked against what it was shown
-(scripted backend)."""
+"""How the chunked node reads its workers' reports: what counts as evidence, the source
+record a quote came from, codes the question names, Chain-of-Agents notes, and the manager's
+answer checked against what it was shown (scripted backend)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,15 +11,10 @@ import pytest
 from reasonloom.backends.scripted import ScriptedBackend
 from reasonloom.orchestrator.scheduler import run
 from reasonloom.orchestrator.types import Problem
-from reasonloom.strategies.chunked_kv_lookup import ground_report
+from reasonloom.strategies.chunked_evidence import ground_report
 from reasonloom.strategies.chunked_prompts import MANAGER_SYSTEM
 
-from chunked_support import GOLD, KEY, KEYS, VALUES, json_line, lines_document, reader_roles
-from chunked_support import chunked_graph as any_graph
-
-
-def chunked_graph(**params):
-    return any_graph(evidence="kv_lookup", **params)
+from chunked_support import GOLD, KEY, KEYS, VALUES, chunked_graph, json_line, reader_roles
 
 
 @pytest.mark.parametrize("report,grounded,reason", [
@@ -45,20 +39,19 @@ def test_a_long_identifier_copied_with_a_wrong_tail_is_repaired_to_the_part():
     assert not ground_report("It is 7392.", ["Code 7391."], "Which code?").grounded
 
 
+# -- refusing what the run cannot afford ----------------------------------------------------------
+
+
 def test_the_manager_reads_the_reports_and_sentences_that_mention_what_is_asked():
     from reasonloom.strategies.chunked import ChunkedConfig, select_evidence
-    from reasonloom.strategies.chunked_evidence import Evidence
-    from reasonloom.strategies.chunked_kv_lookup import relevant_sentences
+    from reasonloom.strategies.chunked_evidence import Evidence, relevant_sentences
 
     question = "What is the secret code?"
     reports = ["The cat slept on the warm stones.", "The secret code is 4898."]
     evidence = [Evidence(text=r, grounded=True, reason="quoted") for r in reports]
-    kv = ChunkedConfig(evidence="kv_lookup")
-    assert select_evidence(reports, evidence, kv, question) == [(1, reports[1])]
+    assert select_evidence(reports, evidence, ChunkedConfig(), question) == [(1, reports[1])]
     # nothing mentions the question: every verified report stays
-    assert len(select_evidence(reports[:1], evidence[:1], kv, question)) == 1
-    # the generic quote check keeps both: it does not guess what the question is about
-    assert len(select_evidence(reports, evidence, ChunkedConfig(evidence="quote"), question)) == 2
+    assert len(select_evidence(reports[:1], evidence[:1], ChunkedConfig(), question)) == 1
     assert relevant_sentences("Rain was expected. The secret code is 4898.", question) \
         == "The secret code is 4898."
     assert relevant_sentences("Rain was expected.", question) == "Rain was expected."
@@ -67,7 +60,7 @@ def test_the_manager_reads_the_reports_and_sentences_that_mention_what_is_asked(
 def test_a_quoted_fragment_is_shown_as_the_record_it_was_copied_from():
     """A weak worker copies a value without its key; the manager reads the part's own record
     (the JSON line is cut into records because it is longer than one sentence should be)."""
-    from reasonloom.strategies.chunked_kv_lookup import segments
+    from reasonloom.strategies.chunked_evidence import segments
 
     part = json_line([KEYS[0], KEY, KEYS[1], KEYS[2]])
     assert len(segments(part)) == 4 and segments("Short. Two sentences.") == ["Short.",
@@ -149,7 +142,7 @@ def test_a_report_repeating_the_asked_key_points_at_its_record_only_where_the_pa
 
 
 def test_a_question_naming_a_code_is_mentioned_only_by_reports_naming_that_code():
-    from reasonloom.strategies.chunked_kv_lookup import mentions_the_question
+    from reasonloom.strategies.chunked_evidence import mentions_the_question
 
     question = f'Key: "{KEY}"\nThe value associated with the specified key is:'
     assert not mentions_the_question(f"The value associated with the specified key is {GOLD}",
@@ -167,7 +160,7 @@ def test_sequential_notes_take_the_source_record_when_only_it_names_the_asked_ke
 
 
 def test_a_manager_answer_that_repeats_the_question_gives_way_to_what_the_evidence_adds():
-    from reasonloom.strategies.chunked_kv_lookup import check_answer
+    from reasonloom.strategies.chunked_evidence import check_answer
 
     question = f'Key: "{KEY}"\nThe value associated with the specified key is:'
     shown = [f'"{KEY}": "{GOLD}",']
@@ -180,35 +173,3 @@ def test_a_manager_answer_that_repeats_the_question_gives_way_to_what_the_eviden
     assert check_answer(echo, [f'"{KEYS[0]}": "{GOLD}",'], question)[2] == "manager"
     assert check_answer("The secret code.", ["The secret code is 4898."],
                         "What is the secret code?")[0] == "4898"
-
-
-def test_parallel_manager_sees_no_invented_or_echoed_reports_and_gets_the_exact_identifier():
-    """Weak workers (seen: SmolLM2-135M) never say "not found": they echo the question's key or
-    invent an identifier of the right shape. Only the quote of the needle's part reaches the
-    manager, and the manager's garbled copy of it is repaired to the document's exact text."""
-    code = "7f3a9c2e-55b1-4d0e-9a8f-1c2d3e4f5a6b"
-    seen: list[str] = []
-
-    def reader(req, index):
-        user = req.messages[-1].content
-        if req.messages[0].content == MANAGER_SYSTEM:
-            seen.append(user)
-            return "The value is 7f3a9c2e-55b1-4d0e-9a8f-1c2d3e4fffff."   # tail miscopied
-        part = user.split("Part ", 1)[1]
-        if code in part:
-            return f"The value is {code}."
-        return ("The value of key-0042 is: key-0042" if "Line 1:" in part
-                else "The value is 00000000-55b1-4d0e-9a8f-000000000000.")
-
-    doc = lines_document(40, 30, code=code)
-    problem = Problem.from_text("What is the value of key-0042?", context=doc)
-    result = asyncio.run(run(chunked_graph(chunk_tokens=120, overlap_tokens=30), problem,
-                             reader_roles(ScriptedBackend(reader))))
-    details = result.answer.details
-    assert sum(details["found"]) >= 1 and not all(details["found"])
-    assert len(seen) == 1 and seen[0].count("\n#") == sum(details["found"])
-    assert "00000000" not in seen[0] and code in seen[0]
-    assert code in result.answer.text and details["manager_text"] != result.answer.text
-    verdicts = {c.details["verdict"] for c in result.answer.candidates}
-    assert "repeats the question" in verdicts and any(v.startswith("not in its part") for v in
-                                                       verdicts)

@@ -8,9 +8,7 @@ from pydantic import BaseModel
 
 from reasonloom.orchestrator.types import Usage
 
-# "tokenize": a tokenizer call (encode or decode text), 0 model tokens: recorded and retried
-# like the others because a served tokenizer is a network call.
-CallKind = Literal["generate", "stream", "score", "tokenize"]
+CallKind = Literal["generate", "stream", "score"]
 
 
 @dataclass(slots=True)

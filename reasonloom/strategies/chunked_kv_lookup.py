@@ -1,18 +1,13 @@
-"""`evidence: kv_lookup`: repairs built for key-value retrieval (a JSON object of UUID keys and
-values, "what is the value of key K?"), and for nothing else. Opt-in; they make SmolLM2-135M's
-answers on that benchmark right more often, and can make another task's answers wrong.
+"""Is a worker's report evidence from its part, or something it made up? And what of it should
+the manager read?
 
-SmolLM2-135M never says NOT FOUND on key-value retrieval; it repeats the question's key or
-invents an identifier of the right shape, stitched from pieces of real ones. So, beyond the
-generic quote check (chunked_evidence.quotes_its_part):
-* a near-verbatim copy of a long code is replaced by the part's exact word (fuzzy repair);
-* a report that repeats a code of the question (the asked key) is replaced by the part's
-  record that holds it (`pointed_at`);
-* the parallel manager reads the part's record a report quoted from, and only the reports
-  that name the asked code;
-* a manager answer that only repeats the question is replaced by what the first record shown
-  says beyond it (`check_answer`). Then the answer is text read off a document line, not the
-  manager's: `details.answered_by` says so, and a benchmark reports both figures.
+Workers are asked to copy the words of their part that answer the question, or to say NOT
+FOUND. A weak model does neither reliably (SmolLM2-135M never says NOT FOUND on key-value
+retrieval; it repeats the question's key or invents an identifier of the right shape, often
+stitched from pieces of real ones), so a report is kept as evidence only if it quotes
+something of its part that the question did not already say, and every number or code in it
+occurs in the part. A near-verbatim copy of a long code (an identifier copied with a few
+characters wrong) is replaced by the part's exact word.
 """
 from __future__ import annotations
 
@@ -21,13 +16,31 @@ import re
 from difflib import SequenceMatcher
 from typing import Sequence
 
-from reasonloom.strategies.chunked_evidence import COMMON_WORDS as _COMMON
-from reasonloom.strategies.chunked_evidence import Evidence, lowered, words
+from pydantic import BaseModel
+
 from reasonloom.strategies.chunked_prompts import says_not_found
 
+# Words: runs between spaces, quotes, brackets and list punctuation, without sentence marks at
+# their ends; hyphens, dots and slashes stay inside (codes, numbers, dates, paths).
+_WORD = re.compile(r"[^\s\"'`\u201c\u201d\u2018\u2019,;:()\[\]{}<>|]+")
+# Words that carry no evidence even when the part happens to contain them.
+_COMMON = frozenset(
+    "a an the and or but if of in on at to for from by with as is are was were be been it its "
+    "this that these those there here not no yes answer question part text document notes "
+    "value found copy words reply says said".split())
 # Only long words with a digit (codes, identifiers) are repaired: never "1932", never prose.
 REPAIR_MIN_CHARS = 8
 REPAIR_MIN_SHARE = 0.5     # ... and only when at least half of the word was copied in one run
+
+
+def words(text: str) -> list[str]:
+    found = (w.strip(".!?*") for w in _WORD.findall(text))
+    return [w for w in found if w]
+
+
+def lowered(text: str) -> set[str]:
+    """The text's distinct words, lower-cased: what is compared against a question or a part."""
+    return {w.lower() for w in words(text)}
 
 
 def nearest_word(word: str, vocabulary: Sequence[str]) -> str | None:
@@ -46,6 +59,17 @@ def nearest_word(word: str, vocabulary: Sequence[str]) -> str | None:
         if run > best_run:
             best, best_run = candidate, run
     return best
+
+
+class Evidence(BaseModel):
+    """A report read against its sources: `text` is the report with near-verbatim words
+    replaced by the sources' exact words; `grounded` says whether it is evidence at all."""
+
+    text: str
+    grounded: bool
+    reason: str                              # why not grounded, or "quoted"
+    repaired: list[tuple[str, str]] = []     # (as written, as in the source)
+    source: str = ""                         # the sources' own segments the quote comes from
 
 
 def _vocabulary(sources: Sequence[str]) -> dict[str, str]:
@@ -206,32 +230,3 @@ def check_answer(answer: str, shown: Sequence[str], question: str
         if extra and extra[0]:
             return extra[0], repairs, "evidence (the manager repeated the question)"
     return text, repairs, "manager"
-
-
-# -- how the node uses them (chunked.py dispatches here for evidence: kv_lookup) -------------
-def kv_judge(report: str, sources: Sequence[str], question: str, mode: str) -> Evidence:
-    """The report grounded and repaired; the parallel manager reads the part's own record a
-    report quoted from; Chain-of-Agents notes stay the worker's words unless only the record
-    names what the question asks about."""
-    evidence = ground_report(report, sources, question)
-    if evidence.grounded and evidence.source and (
-            mode == "parallel" or (mentions_the_question(evidence.source, question) and
-                                   not mentions_the_question(evidence.text, question))):
-        return evidence.model_copy(update={"text": evidence.source})
-    return evidence
-
-
-def kv_select(reports: Sequence[str], evidence: Sequence[Evidence], question: str
-              ) -> list[tuple[int, str]]:
-    """Verified evidence, narrowed to what names the asked code when any does; if nothing is
-    verified, the reports that did not say NOT FOUND."""
-    kept = [(i, e.text) for i, e in enumerate(evidence) if e.grounded]
-    kept = [(i, t) for i, t in kept if mentions_the_question(t, question)] or kept
-    return kept or [(i, r) for i, r in enumerate(reports) if not says_not_found(r)]
-
-
-def kv_updates_notes(new: Evidence, notes: str | None, question: str) -> bool:
-    """Chain-of-Agents: notes that name the asked code are not replaced by evidence that does
-    not."""
-    return new.grounded and (mentions_the_question(new.text, question)
-                             or not mentions_the_question(notes or "", question))
