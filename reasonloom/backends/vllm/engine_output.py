@@ -69,8 +69,9 @@ def _point_vllm_logger(stream: IO[str]) -> None:
     if "vllm" not in sys.modules:
         return
     for handler in logging.getLogger("vllm").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(
-                handler, logging.FileHandler):
+        # only vLLM's own handler (its logging config names it "vllm"): others found here,
+        # e.g. a test runner's capture handlers, keep their streams
+        if handler.get_name() == "vllm" and isinstance(handler, logging.StreamHandler):
             handler.setStream(stream)
 
 
