@@ -3,6 +3,9 @@ decode tokens/s at batch 1 and 16, prefill tokens/s, time to first token.
 
     python benchmarks/engine_speed.py --quick   # before, eager/vLLM binding, chosen (~8 min)
     python benchmarks/engine_speed.py           # adds compiled on every core
+    python benchmarks/engine_speed.py --quick --model /work/qwen/qwen-hf --tag qwen05
+        # the same arms on another model folder (e.g. the one ../shared/models/strong_model.sh
+        # writes), in-process; written to engine_speed_<tag>.json
 
 Every arm runs in fresh processes: a cold start with an empty vLLM/inductor cache folder, then
 a warm start with the same folder (a second run on the same machine), which then measures
@@ -73,11 +76,11 @@ async def _batch(engine: Any, prompts: list[list[int]], max_tokens: int, tag: st
             "ttft_s": sum(r["first"] - r["start"] for r in runs) / len(runs)}
 
 
-async def measure(engine_args: dict[str, Any], speed: bool) -> dict:
+async def measure(engine_args: dict[str, Any], speed: bool, model: str | None) -> dict:
     from reasonloom.backends.vllm.backend import VLLMBackend
     from reasonloom.backends.vllm.embedded import ensure_embedded_model
 
-    backend = VLLMBackend(str(ensure_embedded_model()), {**RECIPE_ENGINE, **engine_args})
+    backend = VLLMBackend(model or str(ensure_embedded_model()), {**RECIPE_ENGINE, **engine_args})
     t0 = time.monotonic()
     engine = await backend.engine()
     out: dict[str, Any] = {"start_s": time.monotonic() - t0}
@@ -107,10 +110,11 @@ def resolved(engine_args: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the driver --------------------------------------------------------------------------------
-def run_arm(name: str, cache: Path, speed: bool, log: Path) -> dict:
+def run_arm(name: str, cache: Path, speed: bool, log: Path, model: str | None) -> dict:
     env = {**os.environ, "VLLM_CACHE_ROOT": str(cache),
            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
-    cmd = [sys.executable, __file__, "--arm", name] + (["--speed"] if speed else [])
+    cmd = [sys.executable, __file__, "--arm", name] + (["--speed"] if speed else []) \
+        + (["--model", model] if model else [])
     with open(log, "ab") as err:
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=err, timeout=1200)
     lines = [x for x in proc.stdout.decode().splitlines() if x.startswith(MARK)]
@@ -124,9 +128,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--speed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help="a model folder instead of the embedded SmolLM2-135M")
+    parser.add_argument("--tag", help="results go to engine_speed_<tag>.json (with --model)")
     args = parser.parse_args()
+    if args.model and not args.tag:
+        parser.error("--model needs --tag (the embedded model's figures stay in engine_speed.json)")
     if args.arm:     # one start in this process
-        print(MARK + json.dumps(asyncio.run(measure(ARMS[args.arm], args.speed))), flush=True)
+        print(MARK + json.dumps(asyncio.run(measure(ARMS[args.arm], args.speed, args.model))),
+              flush=True)
         return
     t_run, load_start = time.monotonic(), os.getloadavg()
     names = QUICK_ARMS if args.quick else tuple(ARMS)
@@ -134,8 +143,8 @@ def main() -> None:
     arms: dict[str, dict] = {}
     for name in names:
         cache = Path(tempfile.mkdtemp(prefix="engine_speed_cache_"))
-        cold = run_arm(name, cache, False, log)
-        warm = run_arm(name, cache, True, log)
+        cold = run_arm(name, cache, False, log, args.model)
+        warm = run_arm(name, cache, True, log, args.model)
         arms[name] = {"settings": resolved(ARMS[name]), "start_cold_s": cold["start_s"],
                       "start_warm_s": warm.pop("start_s"), **warm}
         print(f"{name}: {json.dumps(arms[name])}", flush=True)
@@ -153,12 +162,14 @@ def main() -> None:
         "arms": arms, "quick": args.quick, "wall_s": time.monotonic() - t_run,
         "decode_tokens_per_request": DECODE_TOKENS,
         "prefill": f"{PREFILL_PROMPTS} prompts x {PREFILL_LEN} tokens, submitted together",
+        "model": args.model or "embedded SmolLM2-135M-Instruct",
         "engine": RECIPE_ENGINE, "machine": machine(), "python": python_version(),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     print(f"decode b16: {payload['decode_b16_speedup']:.2f}x before; wrote",
-          write_result("engine_speed", payload, keep_previous=True))   # every run's figures
+          write_result(f"engine_speed_{args.tag}" if args.tag else "engine_speed", payload,
+                       keep_previous=True))   # every run's figures
 
 
 if __name__ == "__main__":
