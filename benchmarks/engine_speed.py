@@ -1,7 +1,7 @@
 """Engine speed of the embedded model under candidate engine settings: start (cold and warm),
 decode tokens/s at batch 1 and 16, prefill tokens/s, time to first token.
 
-    python benchmarks/engine_speed.py --quick   # before, eager/vLLM binding, chosen (~8 min)
+    python benchmarks/engine_speed.py --quick   # before, eager/vLLM binding, worker process, chosen (~10 min)
     python benchmarks/engine_speed.py           # adds compiled on every core
     python benchmarks/engine_speed.py --quick --model /work/qwen/qwen-hf --tag qwen05
         # the same arms on another model folder (e.g. the one ../shared/models/strong_model.sh
@@ -39,14 +39,16 @@ from benchmarks._common import (machine, print_table, python_version,  # noqa: E
 
 RECIPE_ENGINE = {"max_model_len": 4096}     # recipes/self_consistency.yaml's `engine:`
 BEFORE = "compiled, vLLM binding (before)"
-CHOSEN = "eager, every core (chosen)"
+CHOSEN = "eager, every core, one engine process (chosen)"
+WORKER = "distributed_executor_backend"   # "mp": the model in a worker process of its own
 ARMS: dict[str, dict[str, Any]] = {
-    BEFORE: {"enforce_eager": False, "cpu_threads_bind": "auto"},
-    "eager, vLLM binding": {"enforce_eager": True, "cpu_threads_bind": "auto"},
+    BEFORE: {"enforce_eager": False, "cpu_threads_bind": "auto", WORKER: "mp"},
+    "eager, vLLM binding": {"enforce_eager": True, "cpu_threads_bind": "auto", WORKER: "mp"},
+    "eager, every core, worker process": {"enforce_eager": True, WORKER: "mp"},
     CHOSEN: {},                                      # today's defaults, whatever they resolve to
     "compiled, every core": {"enforce_eager": False, "cpu_threads_bind": "all"},
 }
-QUICK_ARMS = (BEFORE, "eager, vLLM binding", CHOSEN)
+QUICK_ARMS = (BEFORE, "eager, vLLM binding", "eager, every core, worker process", CHOSEN)
 DECODE_TOKENS = 128       # per request, EOS ignored so every arm decodes the same count
 PREFILL_PROMPTS, PREFILL_LEN = 8, 1000
 MARK = "ENGINE_SPEED_RESULT "
@@ -106,7 +108,8 @@ def resolved(engine_args: dict[str, Any]) -> dict[str, Any]:
     from reasonloom.backends.vllm.cpu_defaults import cpu_engine_settings
 
     args, env = cpu_engine_settings(engine_args)
-    return {"enforce_eager": bool(args.get("enforce_eager", False)), **env}
+    return {"enforce_eager": bool(args.get("enforce_eager", False)),
+            "executor": args.get(WORKER, "vLLM's default"), **env}
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -131,7 +134,7 @@ def main() -> None:
     parser.add_argument("--model", help="a model folder instead of the embedded SmolLM2-135M")
     parser.add_argument("--tag", help="results go to engine_speed_<tag>.json (with --model)")
     args = parser.parse_args()
-    if args.model and not args.tag:
+    if args.model and not args.tag and not args.arm:
         parser.error("--model needs --tag (the embedded model's figures stay in engine_speed.json)")
     if args.arm:     # one start in this process
         print(MARK + json.dumps(asyncio.run(measure(ARMS[args.arm], args.speed, args.model))),

@@ -28,10 +28,13 @@ def test_cpu_settings_default_to_eager_and_keep_the_binding_out_of_vllms_argumen
     monkeypatch.setattr(cpu_defaults, "_is_cpu", lambda: True)
     args, env = cpu_defaults.cpu_engine_settings({"max_model_len": 4096,
                                                   "cpu_threads_bind": "nobind"})
-    assert args == {"max_model_len": 4096, "enforce_eager": True}
-    assert env == {cpu_defaults.BIND_ENV: "nobind"}
-    args, _ = cpu_defaults.cpu_engine_settings({"enforce_eager": False})
-    assert args == {"enforce_eager": False}
+    assert args == {"max_model_len": 4096, "enforce_eager": True,
+                    "distributed_executor_backend": "uni"}
+    assert env == {cpu_defaults.BIND_ENV: "nobind", cpu_defaults.MP_ENV: "0"}
+    args, env = cpu_defaults.cpu_engine_settings({"enforce_eager": False,
+                                                  "distributed_executor_backend": "mp"})
+    assert args == {"enforce_eager": False, "distributed_executor_backend": "mp"}
+    assert cpu_defaults.MP_ENV not in env   # a role that asks for the worker process gets it
     assert "--cpu-threads-bind" not in engine_cli_args(args)
 
 
