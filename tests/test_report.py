@@ -80,6 +80,8 @@ def test_every_view_renders_a_self_contained_page_that_opens_with_the_run_summar
     assert {"summary-0", "graph-0", "nodes-0"} <= page.ids
     for node in result.outputs:
         assert f"node-0-{node}" in page.ids
+    anchors = [f[1:] for f in page.fetches if f.startswith("#")]
+    assert anchors and set(anchors) <= page.ids   # every in-page link lands somewhere
     assert f'class="view {"tournament" if scenario == "v1_tournament" else scenario}"' in html
 
 
@@ -170,7 +172,9 @@ def test_a_dataset_run_gets_one_section_per_problem(tmp_path):
     for i in range(2):
         record_run("v1_tournament", f"r-set.{i}")
     html = render_run_report("r-set", tmp_path / "set.html").read_text()
-    assert {"summary-0", "summary-1"} <= _Page(html).ids
+    page = _Page(html)
+    assert {"summary-0", "summary-1", "node-1-tournament"} <= page.ids
+    assert "#node-1-tournament" in page.fetches
     assert "(problem 1)" in html
 
 
