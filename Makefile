@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM = false
 # SmolLM2-135M answers this wrong greedily ("3") and right by a vote of 8 samples (README)
 QUESTION ?= What is 3 + 5?
 
-.PHONY: setup run test test-fast bench-quick clean sandbox-tools terminal-tools
+.PHONY: setup run test test-fast bench-quick clean sandbox-tools terminal-tools browser-tools
 
 setup: $(VENV)/.ready sandbox-tools terminal-tools
 
@@ -24,6 +24,13 @@ terminal-tools:
 	@command -v tmux >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 	  { apt-get install -y -q tmux || { apt-get update -q && apt-get install -y -q tmux; }; }; } || \
 	  echo "tmux is not installed (apt-get install tmux): the chat's terminal tests will fail"
+
+# headless chromium opens `reasonloom report` pages in tests/test_report_browser.py; only the
+# tests need it, so `make run` does not wait for it
+browser-tools:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }; } || \
+	  echo "chromium is not installed (apt-get install chromium): the report's browser tests are skipped"
 
 $(VENV)/.ready: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,11 +54,11 @@ run: setup
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=25 -rfEsxXR
 FAST := not engine and not slow
 
-test: setup
+test: setup browser-tools
 	$(PYTEST) --timeout 300 -m "$(FAST)"
 	$(PYTEST) --timeout 900 --reruns 1 --reruns-delay 5 -m "not ($(FAST))"
 
-test-fast: setup
+test-fast: setup browser-tools
 	$(PYTEST) --timeout 300 -m "$(FAST)"
 
 clean:

@@ -6,6 +6,7 @@ Recipes are data: no eval, no import paths; node types come only from the regist
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 from pathlib import Path
@@ -15,9 +16,11 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from reasonloom.backends.key_policy import name_problem, route_problem
 from reasonloom.backends.spec import BackendSpec, Endpoint
+from reasonloom.notebook import NotebookProgress, in_notebook
 from reasonloom.orchestrator.budget import BudgetSpec
 from reasonloom.orchestrator.cache import CacheSpec, SharedCache
 from reasonloom.orchestrator.graph import Graph, GraphError
+from reasonloom.orchestrator.result import RunResult
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec, RoleTerms
 from reasonloom.orchestrator.types import FrozenModel, Problem
 from reasonloom.recipe_yaml import YamlSyntaxError, load_with_positions, position_of
@@ -301,9 +304,12 @@ class Recipe:
             roles[name] = Role(spec, build_backend(cfg.backend_spec()))
         return Roles(roles, self.spec.order or list(self.spec.models))
 
-    async def arun(self, problem: Problem | str, *, roles: Roles | None = None, **kwargs: Any):
+    async def arun(self, problem: Problem | str, *, roles: Roles | None = None,
+                   **kwargs: Any) -> RunResult:
+        """Run on the caller's loop (`await recipe.arun(...)` in async code or a notebook)."""
         from reasonloom.orchestrator.scheduler import run
 
+        kwargs.setdefault("recipe", self.name)
         kwargs.setdefault("seed", self.spec.seed)
         kwargs.setdefault("budget", self.spec.budget)
         kwargs.setdefault("shaping", self.spec.shaping)
@@ -324,21 +330,45 @@ class Recipe:
         spec = self.spec.model_copy(update={"cache": self.spec.cache.shared(path)})
         return Recipe(spec, self.graph, self.source)
 
-    def run(self, problem: Problem | str, **kwargs: Any):
+    def run(self, problem: Problem | str, *, progress: bool | None = None,
+            **kwargs: Any) -> RunResult:
         """Synchronous convenience: runs on one long-lived background loop, so engines started
-        by one call keep serving the next."""
-        return asyncio.run_coroutine_threadsafe(self.arun(problem, **kwargs),
-                                                background_loop()).result()
+        by one call keep serving the next, and a caller whose own loop is running (Jupyter,
+        an `async def`) just waits for it. In a notebook a progress bar shows while it runs
+        (`progress=False` hides it). Interrupting (Ctrl-C, the kernel's stop) cancels the run."""
+        loop = background_loop()
+        if threading.current_thread() is _LOOP_THREAD:   # waiting here would block the run
+            raise RuntimeError("Recipe.run inside a run's own loop: await recipe.arun()")
+        bar = None
+        if in_notebook() if progress is None else progress:
+            bar = NotebookProgress(self.name, len(self.graph.nodes))
+            kwargs["subscribers"] = [*kwargs.get("subscribers", ()), bar]
+        future = asyncio.run_coroutine_threadsafe(self.arun(problem, **kwargs), loop)
+        try:
+            if bar is not None:
+                bar.show()
+                while not concurrent.futures.wait([future], timeout=0.25).done:
+                    bar.refresh()
+            return future.result()
+        except BaseException:   # KeyboardInterrupt: stop the run, not just the wait for it
+            future.cancel()
+            raise
+        finally:
+            if bar is not None:
+                bar.refresh("cancelled" if future.cancelled() else None)
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_THREAD: threading.Thread | None = None
 
 
 def background_loop() -> asyncio.AbstractEventLoop:
-    global _LOOP
+    global _LOOP, _LOOP_THREAD
     if _LOOP is None:
         _LOOP = asyncio.new_event_loop()
-        threading.Thread(target=_LOOP.run_forever, daemon=True, name="reasonloom").start()
+        _LOOP_THREAD = threading.Thread(target=_LOOP.run_forever, daemon=True,
+                                        name="reasonloom")
+        _LOOP_THREAD.start()
     return _LOOP
 
 

@@ -134,3 +134,7 @@ def test_a_five_problem_bench_of_two_recipes_on_the_engine_writes_every_file(tmp
     assert len(rows) == 10 and all(r["status"] == "ok" for r in rows)
     for png in ("accuracy_vs_cost.png", "accuracy_vs_tokens.png", "latency.png"):
         assert (out / png).stat().st_size > 1000
+    report = (out / "report.html").read_text()   # the page: both recipes, every problem
+    assert report.count('src="data:image/png;base64,') == 3
+    assert all(f"<th>{name}</th>" in report for name in summary["recipes"])
+    assert report.count("&#10003;") + report.count("&#10007;") == 10

@@ -26,7 +26,11 @@ def recipes(tmp_path_factory) -> Path:
 
 def chat_pane(tmp_path: Path, *args: str, start_s: float = 60) -> TmuxPane:
     pane = TmuxPane([sys.executable, "-m", "reasonloom.cli.main", "chat", *args], tmp_path)
-    prompts(pane, 1, start_s)
+    try:
+        prompts(pane, 1, start_s)
+    except BaseException:
+        pane.close()
+        raise
     return pane
 
 

@@ -82,6 +82,7 @@ async def run_bench(recipes, items, args, out: Path) -> int:
     from reasonloom.bench.energy import EnergyMeter
     from reasonloom.cli.console import status_console
     from reasonloom.bench.plots import write_all
+    from reasonloom.report import render_bench_report
     from reasonloom.bench.runner import (bench_recipe, finished_ids, load_results,
                                          sample_energy, summarize)
 
@@ -148,8 +149,9 @@ async def run_bench(recipes, items, args, out: Path) -> int:
                "grader": args.grader}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_all(summaries, latencies, out)
+    render_bench_report(out)
     print_table(summaries)
-    print(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'} and 3 plots")
+    print(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'}, 3 plots and report.html")
     return 0
 
 

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "bench": ("reasonloom.cli.bench_cmd", "measure recipes on a dataset"),
     "steer": ("reasonloom.cli.steer_cmd", "CREST steering: calibrate vectors"),
     "cache": ("reasonloom.cli.cache_cmd", "a shared call cache: stats or clear"),
+    "report": ("reasonloom.cli.report_cmd", "one self-contained HTML page explaining a run"),
 }
 
 

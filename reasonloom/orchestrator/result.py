@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from reasonloom.orchestrator.ledger import UsageReport
+from reasonloom.orchestrator.run_summary import NodeCost, RunSummary, summary_html
 from reasonloom.orchestrator.types import Answer
 
 
@@ -17,6 +18,7 @@ class NodeFailure(BaseModel):
 
 class RunResult(BaseModel):
     run_id: str
+    recipe: str | None = None              # the recipe's name, where a recipe ran
     answer: Answer | None
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     usage: UsageReport
@@ -30,6 +32,21 @@ class RunResult(BaseModel):
     def summary_json(self) -> dict[str, Any]:
         """What the CLI's --json prints: everything but the raw outputs and events."""
         return self.model_dump(mode="json", exclude={"outputs", "events"})
+
+    def summary(self) -> RunSummary:
+        """Recipe, answer, status, time, calls, tokens and dollars per node (run_summary.py)."""
+        answer = self.answer
+        return RunSummary(
+            run_id=self.run_id, recipe=self.recipe, status=self.status,
+            answer=answer.answer if answer else None, answer_text=answer.text if answer else "",
+            wall_s=self.wall_s, ttft_s=self.ttft_s, total=self.usage.total,
+            nodes=tuple(NodeCost(node=name, usage=usage)
+                        for name, usage in self.usage.by_node.items()),
+            failures=tuple(f"{f.node}: {f.error}" for f in self.failures
+                           if f.cancelled_because is None))
+
+    def _repr_html_(self) -> str:   # Jupyter shows this for a cell whose value is a result
+        return summary_html(self.summary())
 
 
 class RunFailed(Exception):

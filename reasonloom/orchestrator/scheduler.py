@@ -17,6 +17,7 @@ from reasonloom.orchestrator.events import Event, EventBus
 from reasonloom.orchestrator.graph import PROBLEM, Graph, NodeSpec, Source
 from reasonloom.orchestrator.result import NodeFailure, RunFailed, RunResult
 from reasonloom.orchestrator.roles import Roles
+from reasonloom.orchestrator.run_record import RECORD_KEY, RunRecorder
 from reasonloom.orchestrator.types import Answer, Candidate, Candidates, Problem
 
 
@@ -161,8 +162,9 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
               budget: BudgetSpec | None = None, cache: CacheMode = "off",
               run_id: str | None = None, subscribers: list[Callable[[Event], None]] = (),
               keep_events: bool = False, shaping: bool = True,
-              shared_cache: RunStore | None = None) -> RunResult:
-    """Run a graph on one problem; returns the pydantic RunResult.
+              shared_cache: RunStore | None = None, recipe: str | None = None) -> RunResult:
+    """Run a graph on one problem; returns the pydantic RunResult (`recipe`: the name it and
+    the run's record carry).
 
     Raises RunFailed (a node the answer needs failed) or BudgetExceeded (with partial results
     and the best published answer); both keep every finished output. `shaping=False` turns
@@ -180,6 +182,10 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
         events.subscribe(lambda e: kept.append(e.to_json()))
     for fn in subscribers:
         events.subscribe(fn)
+    # a run with its own file keeps what `reasonloom report` explains (run_record.py)
+    recorder = RunRecorder(run_id, graph, problem) if own is not None else None
+    if recorder is not None:
+        events.subscribe(recorder)
     state = RunState(run_id=run_id, seed=seed, roles=roles, budget=Budget(budget),
                      events=events, store=store, shaping=shaping)
     scheduler = Scheduler(graph, state, problem)
@@ -188,34 +194,44 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
     # is shared by every ad-hoc question, so those runs are keyed by their run id instead
     affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
     t0 = time.time()
+    ended: RunResult | None = None   # what the run ended with, for its record
     events.emit("run_started", None, run_id=run_id)
 
     def result(status: str, answer: Answer | None) -> RunResult:
         ttft = (events.first_answer_t - t0) if events.first_answer_t else None
-        return RunResult(run_id=run_id, answer=answer, outputs=scheduler.outputs,
-                         usage=state.ledger.report(), wall_s=time.time() - t0, ttft_s=ttft,
-                         events=kept, status=status, failures=scheduler.failures,
-                         dropped=state.dropped)
+        return RunResult(run_id=run_id, recipe=recipe, answer=answer,
+                         outputs=scheduler.outputs, usage=state.ledger.report(),
+                         wall_s=time.time() - t0, ttft_s=ttft, events=kept, status=status,
+                         failures=scheduler.failures, dropped=state.dropped)
 
     try:
-        await scheduler.run()
-    except BudgetExceeded as exc:
-        partial = result("budget_exceeded", state.best)
-        events.emit("run_finished", None, status="budget_exceeded")
-        raise BudgetExceeded(str(exc), partial=partial, best=state.best) from None
+        try:
+            await scheduler.run()
+        except BudgetExceeded as exc:
+            ended = result("budget_exceeded", state.best)
+            events.emit("run_finished", None, status="budget_exceeded")
+            raise BudgetExceeded(str(exc), partial=ended, best=state.best) from None
+        finally:
+            SHAPING.reset(shaping_token)
+            AFFINITY_KEY.reset(affinity_token)
+        out = graph.output
+        assert out is not None
+        if out.node not in scheduler.outputs:
+            failed = [f for f in scheduler.failures if f.cancelled_because is None]
+            why = "; ".join(f"{f.node}: {f.error}" for f in failed) or "unknown"
+            ended = result("failed", state.best)
+            events.emit("run_finished", None, status="failed")
+            raise RunFailed(f"run {run_id} failed: {why}", ended)
+        ended = result("ok", _as_answer(scheduler.outputs[out.node].get(out.port)))
+        events.emit("run_finished", None, status="ok")
+        return ended
+    except BaseException as exc:
+        # a run stopped from outside (Ctrl-C, a closed connection) is recorded as cancelled
+        stopped = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+        ended = ended or result("cancelled" if stopped else "failed", state.best)
+        raise
     finally:
-        SHAPING.reset(shaping_token)
-        AFFINITY_KEY.reset(affinity_token)
+        if recorder is not None and own is not None and ended is not None:
+            own.set_meta(RECORD_KEY, recorder.record(ended, state.ledger))
         if store is not None and store is not shared_cache:   # its owner closes a shared one
             store.close()
-    out = graph.output
-    assert out is not None
-    if out.node not in scheduler.outputs:
-        failed = [f for f in scheduler.failures if f.cancelled_because is None]
-        why = "; ".join(f"{f.node}: {f.error}" for f in failed) or "unknown"
-        partial = result("failed", state.best)
-        events.emit("run_finished", None, status="failed")
-        raise RunFailed(f"run {run_id} failed: {why}", partial)
-    answer = _as_answer(scheduler.outputs[out.node].get(out.port))
-    events.emit("run_finished", None, status="ok")
-    return result("ok", answer)

@@ -75,9 +75,11 @@ def selection_outputs(candidates: Sequence[Candidate], scores: Sequence[float],
     (ties keep their order), the top `top_k` of them when given, each carrying its score."""
     if not candidates:
         raise ValueError("no candidates to select from")
+    # `input_index`: where the candidate stood in the input (what a method's own log, e.g. V1's
+    # comparisons, refers to) once the list is re-ranked
     scored = [c.model_copy(update={
-        "score": float(s), "answer": answer_of(c)})
-        for c, s in zip(candidates, scores)]
+        "score": float(s), "answer": answer_of(c), "details": {**c.details, "input_index": i}})
+        for i, (c, s) in enumerate(zip(candidates, scores))]
     order = sorted(range(len(scored)), key=lambda i: -_rank_key(scored[i].score))
     if best is not None:
         order.remove(best)

@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -78,5 +79,22 @@ class TmuxPane:
         return status
 
     def close(self) -> None:
+        """Stop the tmux server and whatever the pane started (the pane's process group: a
+        chat that ignores the hangup, its engine's workers)."""
+        try:
+            group = int(self._tmux("display-message", "-p", "-t", "t", "#{pane_pid}"))
+        except (RuntimeError, ValueError):
+            group = None
         subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True,
                        timeout=30, env=self._env)
+        if group is None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            deadline = time.monotonic() + wait_s
+            try:
+                os.killpg(group, sig)
+                while time.monotonic() < deadline:
+                    os.killpg(group, 0)   # raises once no process of the group is left
+                    time.sleep(0.2)
+            except ProcessLookupError:
+                return
