@@ -45,13 +45,23 @@ def test_run_works_inside_a_running_event_loop(recipes):
 def test_interrupting_run_cancels_the_run(recipes):
     """Ctrl-C (or a kernel's interrupt) while run() waits stops the run on the background
     loop too, and the stopped answer's stream is billed."""
-    events = []
+    events, sent = [], []
     main = threading.main_thread().ident
-    timer = threading.Timer(0.8, signal.pthread_kill, (main, signal.SIGINT))
-    timer.start()
-    t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):   # slow.yaml takes ~4 s to write its answer
-        load_recipe(recipes / "slow.yaml").run("a question", subscribers=[events.append])
+
+    def interrupt_once_streaming(event) -> None:   # on the run's loop, mid-answer
+        events.append(event)
+        if event.kind == "token_delta" and not sent:
+            sent.append(event)
+            threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's own Ctrl-C
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):   # slow.yaml takes ~4 s to write its answer
+            load_recipe(recipes / "slow.yaml").run("a question",
+                                                   subscribers=[interrupt_once_streaming])
+    finally:
+        signal.signal(signal.SIGINT, saved)
     assert time.monotonic() - t0 < 3
     deadline = time.monotonic() + 5
     while not any(e.kind == "call_finished" for e in events):
