@@ -1,8 +1,8 @@
 """Engine speed of the embedded model under candidate engine settings: start (cold and warm),
 decode tokens/s at batch 1 and 16, prefill tokens/s, time to first token.
 
-    python benchmarks/engine_speed.py --quick   # before, eager/vLLM binding, worker process, chosen (~10 min)
-    python benchmarks/engine_speed.py           # adds compiled on every core
+    python benchmarks/engine_speed.py --quick   # before, eager/vLLM binding, spawned, chosen (~10 min)
+    python benchmarks/engine_speed.py           # adds the worker process and compiled on every core
     python benchmarks/engine_speed.py --quick --model /work/qwen/qwen-hf --tag qwen05
         # the same arms on another model folder (e.g. the one ../shared/models/strong_model.sh
         # writes), in-process; written to engine_speed_<tag>.json
@@ -39,16 +39,20 @@ from benchmarks._common import (machine, print_table, python_version,  # noqa: E
 
 RECIPE_ENGINE = {"max_model_len": 4096}     # recipes/self_consistency.yaml's `engine:`
 BEFORE = "compiled, vLLM binding (before)"
-CHOSEN = "eager, every core, one engine process (chosen)"
+CHOSEN = "eager, every core, one engine process, forked (chosen)"
 WORKER = "distributed_executor_backend"   # "mp": the model in a worker process of its own
+START = "engine_start"                    # "spawn": the engine core imports vLLM again
 ARMS: dict[str, dict[str, Any]] = {
-    BEFORE: {"enforce_eager": False, "cpu_threads_bind": "auto", WORKER: "mp"},
-    "eager, vLLM binding": {"enforce_eager": True, "cpu_threads_bind": "auto", WORKER: "mp"},
-    "eager, every core, worker process": {"enforce_eager": True, WORKER: "mp"},
+    BEFORE: {"enforce_eager": False, "cpu_threads_bind": "auto", WORKER: "mp", START: "spawn"},
+    "eager, vLLM binding": {"enforce_eager": True, "cpu_threads_bind": "auto", WORKER: "mp",
+                            START: "spawn"},
+    "eager, every core, worker process": {"enforce_eager": True, WORKER: "mp", START: "spawn"},
+    "eager, every core, one engine process, spawned": {"enforce_eager": True, START: "spawn"},
     CHOSEN: {},                                      # today's defaults, whatever they resolve to
     "compiled, every core": {"enforce_eager": False, "cpu_threads_bind": "all"},
 }
-QUICK_ARMS = (BEFORE, "eager, vLLM binding", "eager, every core, worker process", CHOSEN)
+QUICK_ARMS = (BEFORE, "eager, vLLM binding", "eager, every core, one engine process, spawned",
+              CHOSEN)
 DECODE_TOKENS = 128       # per request, EOS ignored so every arm decodes the same count
 PREFILL_PROMPTS, PREFILL_LEN = 8, 1000
 MARK = "ENGINE_SPEED_RESULT "
@@ -107,9 +111,9 @@ def resolved(engine_args: dict[str, Any]) -> dict[str, Any]:
     """The settings an arm's engine really gets: eager or not, and the cores it binds."""
     from reasonloom.backends.vllm.cpu_defaults import cpu_engine_settings
 
-    args, env = cpu_engine_settings(engine_args)
+    args, env, start_env = cpu_engine_settings(engine_args)
     return {"enforce_eager": bool(args.get("enforce_eager", False)),
-            "executor": args.get(WORKER, "vLLM's default"), **env}
+            "executor": args.get(WORKER, "vLLM's default"), **env, **start_env}
 
 
 # -- the driver --------------------------------------------------------------------------------

@@ -26,18 +26,27 @@ def test_role_binding_beats_the_environment_which_beats_every_core(monkeypatch):
 
 def test_cpu_settings_default_to_eager_and_keep_the_binding_out_of_vllms_arguments(monkeypatch):
     monkeypatch.setattr(cpu_defaults, "_is_cpu", lambda: True)
-    args, env = cpu_defaults.cpu_engine_settings({"max_model_len": 4096,
-                                                  "cpu_threads_bind": "nobind"})
+    args, env, start_env = cpu_defaults.cpu_engine_settings({"max_model_len": 4096,
+                                                             "cpu_threads_bind": "nobind"})
     assert args == {"max_model_len": 4096, "enforce_eager": True,
                     "distributed_executor_backend": "uni"}
     assert env == {cpu_defaults.BIND_ENV: "nobind", cpu_defaults.MP_ENV: "0"}
-    args, env = cpu_defaults.cpu_engine_settings({"enforce_eager": False,
-                                                  "distributed_executor_backend": "mp"})
+    assert start_env == {cpu_defaults.START_ENV: "fork"}
+    args, env, start_env = cpu_defaults.cpu_engine_settings(
+        {"enforce_eager": False, "distributed_executor_backend": "mp", "engine_start": "spawn"})
     assert args == {"enforce_eager": False, "distributed_executor_backend": "mp"}
     assert cpu_defaults.MP_ENV not in env   # a role that asks for the worker process gets it
+    assert start_env == {cpu_defaults.START_ENV: "spawn"}
     assert "--cpu-threads-bind" not in engine_cli_args(args)
 
 
-def test_gpu_settings_keep_vllms_compiled_default(monkeypatch):
+def test_an_unknown_start_method_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(cpu_defaults, "_is_cpu", lambda: True)
+    with pytest.raises(ValueError, match="engine_start must be fork or spawn, not 'thread'"):
+        cpu_defaults.cpu_engine_settings({"engine_start": "thread"})
+
+
+def test_gpu_settings_keep_vllms_compiled_default_and_start_method(monkeypatch):
     monkeypatch.setattr(cpu_defaults, "_is_cpu", lambda: False)
-    assert "enforce_eager" not in cpu_defaults.cpu_engine_settings({})[0]
+    settings = cpu_defaults.cpu_engine_settings({})
+    assert "enforce_eager" not in settings.args and settings.start_env == {}

@@ -97,7 +97,8 @@ class EngineServer:
         from reasonloom.backends.vllm.cpu_defaults import cpu_engine_settings
 
         bind = "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0"
-        engine, engine_env = cpu_engine_settings(engine)
+        # the server makes its own engine config: its engine core starts as vLLM decides
+        engine, engine_env, _ = cpu_engine_settings(engine)
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
                "--served-model-name", served_name, "--host", bind, "--port", str(self.port),
                *engine_cli_args(engine)]

@@ -3,12 +3,14 @@ atomic private writes, and one-line reports of corrupt files.
 
 A run id becomes a file name, so it may hold no path characters: `--resume ../../x` or an
 absolute path never leaves `runs/`. Two processes resuming one run would both re-send its
-unfinished calls (double spend): an exclusive `flock` on `RUN_ID.lock`, held while the run
-lives, lets only the first in; the kernel drops it when that process dies, so a killed run
-can always be resumed.
+unfinished calls (double spend): an exclusive POSIX lock on `RUN_ID.lock`, held while the
+run lives, lets only the first in; the kernel drops it when that process dies, so a killed run
+can always be resumed. A POSIX lock, not `flock`: a forked child (the engine core, started
+mid-run) does not inherit it, so the lock never outlives the run.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -46,8 +48,11 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise RunFileError(f"run {self.run_id} is in progress in another process (pid "

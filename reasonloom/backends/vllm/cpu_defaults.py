@@ -12,21 +12,26 @@ Measured in benchmarks/engine_speed.py (figures in the README):
   token lower, decoding at batch 16 1.1-1.3x, at batch 1 a little slower).
 - One engine process: the model runs inside vLLM's engine-core process ("uni" executor)
   instead of a worker process the core spawns: a warm start 32 -> 24 s, decoding unchanged.
+- The engine-core process is forked, not spawned: vLLM's CPU platform asks for spawn, and a
+  spawned process imports vLLM and torch again (~10 s of every start). This process only
+  orchestrates (no OpenMP work of its own before the fork), so a fork is safe here.
 
 A role overrides these with `engine: {enforce_eager: false}`,
-`engine: {distributed_executor_backend: mp}` or
+`engine: {distributed_executor_backend: mp}`, `engine: {engine_start: spawn}` or
 `engine: {cpu_threads_bind: auto | nobind | "0-3"}`; the environment variable
 `VLLM_CPU_OMP_THREADS_BIND` overrides the default for every engine and server we start.
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 BIND_KEY = "cpu_threads_bind"     # our engine entry; vLLM reads the binding from its env
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 EXECUTOR_KEY = "distributed_executor_backend"
 MP_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+START_KEY = "engine_start"        # our engine entry: fork | spawn, the engine core's start
+START_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 
 
 def all_cores() -> str:
@@ -58,11 +63,22 @@ def _is_cpu() -> bool:
         return False
 
 
-def cpu_engine_settings(engine_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """(vLLM engine arguments, environment for the engine's processes): our `cpu_threads_bind`
-    entry becomes the binding variable; on a CPU platform eager mode is the default."""
+class CpuSettings(NamedTuple):
+    args: dict[str, Any]          # vLLM's engine arguments
+    env: dict[str, str]           # environment while the engine's config is made and started
+    start_env: dict[str, str]     # environment once the config is made (vLLM's CPU platform
+                                  # sets the start method while making it)
+
+
+def cpu_engine_settings(engine_args: dict[str, Any]) -> CpuSettings:
+    """Our `cpu_threads_bind` entry becomes the binding variable, `engine_start` the engine
+    core's start method; on a CPU platform eager mode, one engine process and a fork are the
+    defaults."""
     args = dict(engine_args)
     env = {BIND_ENV: threads_bind(args.pop(BIND_KEY, None))}
+    start = args.pop(START_KEY, None)
+    if start not in (None, "fork", "spawn"):
+        raise ValueError(f"engine: {START_KEY} must be fork or spawn, not {start!r}")
     if _is_cpu():
         args.setdefault("enforce_eager", True)
         if args.get("tensor_parallel_size", 1) == 1 and \
@@ -71,4 +87,5 @@ def cpu_engine_settings(engine_args: dict[str, Any]) -> tuple[dict[str, Any], di
             # "mp" (a worker process spawned beside the core, ~8 s of imports per start)
             # unless multiprocessing is off; the engine core stays a process of its own
             env[MP_ENV] = "0"
-    return args, env
+        start = start or "fork"
+    return CpuSettings(args, env, {START_ENV: start} if start else {})

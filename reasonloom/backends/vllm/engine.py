@@ -115,16 +115,20 @@ def _start_engine(model: str, engine_args: dict[str, Any]) -> Any:
 def _start_engine_quietly(model: str, engine_args: dict[str, Any]) -> Any:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
 
     engine_args = speculative_engine_args(engine_args)
     engine_args = steering_engine_args(model, engine_args)
-    engine_args, env = cpu_engine_settings(engine_args)
-    args = AsyncEngineArgs(model=model, **engine_args)
-    # The engine's processes read their thread binding from the environment they are spawned
-    # with; one start at a time, so two roles' bindings never mix.
-    with _SPAWN_ENV, _environment(env):
-        return AsyncLLM.from_engine_args(args)
+    settings = cpu_engine_settings(engine_args)
+    args = AsyncEngineArgs(model=model, **settings.args)
+    # The engine's processes read their thread binding and start method from the environment
+    # they start with; one start at a time, so two roles' settings never mix.
+    with _SPAWN_ENV, _environment(settings.env):
+        config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+        with _environment(settings.start_env):
+            return AsyncLLM.from_vllm_config(config, enable_log_requests=args.enable_log_requests,
+                                             disable_log_stats=args.disable_log_stats)
 
 
 @contextlib.contextmanager
