@@ -1,7 +1,7 @@
 """Engine speed of the embedded model under candidate engine settings: start (cold and warm),
 decode tokens/s at batch 1 and 16, prefill tokens/s, time to first token.
 
-    python benchmarks/engine_speed.py --quick   # before, eager/vLLM binding, spawned, chosen (~10 min)
+    python benchmarks/engine_speed.py --quick   # before, eager/vLLM binding, chosen, forked (~10 min)
     python benchmarks/engine_speed.py           # adds the worker process and compiled on every core
     python benchmarks/engine_speed.py --quick --model /work/qwen/qwen-hf --tag qwen05
         # the same arms on another model folder (e.g. the one ../shared/models/strong_model.sh
@@ -39,20 +39,19 @@ from benchmarks._common import (machine, print_table, python_version,  # noqa: E
 
 RECIPE_ENGINE = {"max_model_len": 4096}     # recipes/self_consistency.yaml's `engine:`
 BEFORE = "compiled, vLLM binding (before)"
-CHOSEN = "eager, every core, one engine process, forked (chosen)"
+CHOSEN = "eager, every core, one engine process (chosen)"
 WORKER = "distributed_executor_backend"   # "mp": the model in a worker process of its own
-START = "engine_start"                    # "spawn": the engine core imports vLLM again
+START = "engine_start"                    # "fork": the engine core skips its imports
+FORKED = "eager, every core, one engine process, forked (opt-in)"
 ARMS: dict[str, dict[str, Any]] = {
-    BEFORE: {"enforce_eager": False, "cpu_threads_bind": "auto", WORKER: "mp", START: "spawn"},
-    "eager, vLLM binding": {"enforce_eager": True, "cpu_threads_bind": "auto", WORKER: "mp",
-                            START: "spawn"},
-    "eager, every core, worker process": {"enforce_eager": True, WORKER: "mp", START: "spawn"},
-    "eager, every core, one engine process, spawned": {"enforce_eager": True, START: "spawn"},
+    BEFORE: {"enforce_eager": False, "cpu_threads_bind": "auto", WORKER: "mp"},
+    "eager, vLLM binding": {"enforce_eager": True, "cpu_threads_bind": "auto", WORKER: "mp"},
+    "eager, every core, worker process": {"enforce_eager": True, WORKER: "mp"},
     CHOSEN: {},                                      # today's defaults, whatever they resolve to
+    FORKED: {START: "fork"},
     "compiled, every core": {"enforce_eager": False, "cpu_threads_bind": "all"},
 }
-QUICK_ARMS = (BEFORE, "eager, vLLM binding", "eager, every core, one engine process, spawned",
-              CHOSEN)
+QUICK_ARMS = (BEFORE, "eager, vLLM binding", CHOSEN, FORKED)
 DECODE_TOKENS = 128       # per request, EOS ignored so every arm decodes the same count
 PREFILL_PROMPTS, PREFILL_LEN = 8, 1000
 MARK = "ENGINE_SPEED_RESULT "

@@ -31,12 +31,12 @@ def test_cpu_settings_default_to_eager_and_keep_the_binding_out_of_vllms_argumen
     assert args == {"max_model_len": 4096, "enforce_eager": True,
                     "distributed_executor_backend": "uni"}
     assert env == {cpu_defaults.BIND_ENV: "nobind", cpu_defaults.MP_ENV: "0"}
-    assert start_env == {cpu_defaults.START_ENV: "fork"}
+    assert start_env == {}   # vLLM's own start method (spawn on CPU)
     args, env, start_env = cpu_defaults.cpu_engine_settings(
-        {"enforce_eager": False, "distributed_executor_backend": "mp", "engine_start": "spawn"})
+        {"enforce_eager": False, "distributed_executor_backend": "mp", "engine_start": "fork"})
     assert args == {"enforce_eager": False, "distributed_executor_backend": "mp"}
     assert cpu_defaults.MP_ENV not in env   # a role that asks for the worker process gets it
-    assert start_env == {cpu_defaults.START_ENV: "spawn"}
+    assert start_env == {cpu_defaults.START_ENV: "fork"}
     assert "--cpu-threads-bind" not in engine_cli_args(args)
 
 

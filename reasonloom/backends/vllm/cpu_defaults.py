@@ -12,9 +12,11 @@ Measured in benchmarks/engine_speed.py (figures in the README):
   token lower, decoding at batch 16 1.1-1.3x, at batch 1 a little slower).
 - One engine process: the model runs inside vLLM's engine-core process ("uni" executor)
   instead of a worker process the core spawns: a warm start 32 -> 24 s, decoding unchanged.
-- The engine-core process is forked, not spawned: vLLM's CPU platform asks for spawn, and a
-  spawned process imports vLLM and torch again (~10 s of every start). This process only
-  orchestrates (no OpenMP work of its own before the fork), so a fork is safe here.
+- The engine-core process is spawned, as vLLM's CPU platform asks: it imports vLLM and torch
+  again (~10 s of every start). `engine_start: fork` (opt-in) saves that, but the forked core
+  keeps copies of every socket and pipe this process has open at that moment (a connection
+  closed here stays open until the engine exits; in our test suite a network-fault test
+  stalled for minutes), so it suits a script or notebook that opens nothing before its engine.
 
 A role overrides these with `engine: {enforce_eager: false}`,
 `engine: {distributed_executor_backend: mp}`, `engine: {engine_start: spawn}` or
@@ -30,7 +32,7 @@ BIND_KEY = "cpu_threads_bind"     # our engine entry; vLLM reads the binding fro
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 EXECUTOR_KEY = "distributed_executor_backend"
 MP_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
-START_KEY = "engine_start"        # our engine entry: fork | spawn, the engine core's start
+START_KEY = "engine_start"        # our engine entry: fork | spawn (vLLM's), the core's start
 START_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 
 
@@ -72,7 +74,7 @@ class CpuSettings(NamedTuple):
 
 def cpu_engine_settings(engine_args: dict[str, Any]) -> CpuSettings:
     """Our `cpu_threads_bind` entry becomes the binding variable, `engine_start` the engine
-    core's start method; on a CPU platform eager mode, one engine process and a fork are the
+    core's start method; on a CPU platform eager mode and one engine process are the
     defaults."""
     args = dict(engine_args)
     env = {BIND_ENV: threads_bind(args.pop(BIND_KEY, None))}
@@ -87,5 +89,4 @@ def cpu_engine_settings(engine_args: dict[str, Any]) -> CpuSettings:
             # "mp" (a worker process spawned beside the core, ~8 s of imports per start)
             # unless multiprocessing is off; the engine core stays a process of its own
             env[MP_ENV] = "0"
-        start = start or "fork"
     return CpuSettings(args, env, {START_ENV: start} if start else {})
