@@ -25,13 +25,15 @@ PROMPTS = ("Solve step by step, one step per paragraph: Tom has 3 apples and buy
 MAX_TOKENS = 48
 
 
-def write_vectors(folder, seed: int = 0):
-    """A steering folder with every head of the embedded model and random unit vectors: the
-    engine tests need vectors that move the output, not calibrated ones (calibration has its
-    own tests)."""
+def write_vectors(folder, seed: int = 0, shape: tuple[int, int, int] = (30, 9, 64),
+                  model_name: str = "SmolLM2-135M-Instruct",
+                  architecture: str = "LlamaForCausalLM"):
+    """A steering folder with every head of the model (the embedded one unless `shape` says
+    (layers, heads, head_dim)) and random unit vectors: the engine tests need vectors that move
+    the output, not calibrated ones (calibration has its own tests)."""
     from reasonloom.steering.vectors import HeadReport, Manifest, save_folder
 
-    layers, heads, dim = 30, 9, 64
+    layers, heads, dim = shape
     gen = torch.Generator().manual_seed(seed)
     vectors = torch.randn(layers * heads, dim, generator=gen)
     vectors = vectors / vectors.norm(dim=-1, keepdim=True)
@@ -39,8 +41,8 @@ def write_vectors(folder, seed: int = 0):
     reports = tuple(HeadReport(layer=int(g) // heads, head=int(g) % heads, val_acc=0.5,
                                test_acc=0.5, test_ci95=(0.0, 1.0), n_test=0, l2=1.0)
                     for g in index)
-    manifest = Manifest(model_name="SmolLM2-135M-Instruct", weights_sha256="0" * 64,
-                        architecture="LlamaForCausalLM", num_layers=layers, num_heads=heads,
+    manifest = Manifest(model_name=model_name, weights_sha256="0" * 64,
+                        architecture=architecture, num_layers=layers, num_heads=heads,
                         head_dim=dim, separator="\n\n", keywords=("Wait",),
                         default_strength=-1.0, heads=reports)
     save_folder(folder, {"heads": torch.stack([index // heads, index % heads], dim=1),

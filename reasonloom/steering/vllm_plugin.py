@@ -2,9 +2,10 @@
 
 vLLM calls `register()` in every process it creates (entry point group
 `vllm.general_plugins`, declared in pyproject.toml), before any model is built; it registers
-the steered Llama class under its own architecture name, so unsteered engines in the same
-environment keep the stock class. `engine_overrides` turns a role's `steering:` entry into
-`hf_overrides={"architectures": [STEERED_ARCH], "reasonloom_steering": {...}}` plus
+each steered class (Llama, Mistral, Qwen2, Qwen3) under its own architecture name, so
+unsteered engines in the same environment keep the stock classes. `engine_overrides` turns a
+role's `steering:` entry into
+`hf_overrides={"architectures": [STEERED[arch]], "reasonloom_steering": {...}}` plus
 `enforce_eager=True`: the configuration reaches the worker inside the model's HF config, never
 through environment variables (two engines in one process would clash).
 """
@@ -16,9 +17,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-STEERED_ARCH = "ReasonloomSteeredLlamaForCausalLM"
-STEERED_CLASS = "reasonloom.steering.steered_llama:SteeredLlamaForCausalLM"
-BASE_ARCHS = ("LlamaForCausalLM",)
+# a checkpoint's architecture -> the steered class's registered name (class Steered<arch>)
+STEERED = {base: f"ReasonloomSteered{base}" for base in (
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")}
+STEERED_ARCH = STEERED["LlamaForCausalLM"]    # a folder without config.json (a hub name)
 PLUGIN_NAME = "reasonloom_steering"
 CONFIG_KEY = "reasonloom_steering"
 
@@ -27,9 +29,12 @@ def register() -> None:
     """Re-entrant: vLLM may call it more than once per process."""
     from vllm import ModelRegistry
 
-    if STEERED_ARCH not in ModelRegistry.get_supported_archs():
-        # The string form imports the class lazily, inside the worker that builds the model.
-        ModelRegistry.register_model(STEERED_ARCH, STEERED_CLASS)
+    supported = ModelRegistry.get_supported_archs()
+    for base, name in STEERED.items():
+        if name not in supported:
+            # The string form imports the class lazily, inside the process that builds it.
+            ModelRegistry.register_model(name,
+                                         f"reasonloom.steering.steered_models:Steered{base}")
 
 
 class SteeringUnavailable(ValueError):
@@ -63,12 +68,15 @@ def engine_overrides(model: str, steering: dict[str, Any], engine_args: dict[str
     folder = Path(settings.vectors).expanduser().resolve()
     manifest = read_manifest(folder)
     config_file = Path(model) / "config.json"
+    steered_arch = STEERED_ARCH
     if config_file.exists():
         config = json.loads(config_file.read_text())
         archs = config.get("architectures") or []
-        if not any(a in BASE_ARCHS for a in archs):
-            raise SteeringUnavailable(f"steering supports {', '.join(BASE_ARCHS)} checkpoints; "
+        known = [a for a in archs if a in STEERED]
+        if not known:
+            raise SteeringUnavailable(f"steering supports {', '.join(STEERED)} checkpoints; "
                                       f"{model} is {', '.join(archs) or 'unknown'}")
+        steered_arch = STEERED[known[0]]
         heads = config.get("num_attention_heads")
         shape = (config.get("num_hidden_layers"), heads,
                  config.get("head_dim") or config.get("hidden_size", 0) // max(1, heads or 1))
@@ -90,6 +98,6 @@ def engine_overrides(model: str, steering: dict[str, Any], engine_args: dict[str
                                   "false from the role's engine arguments")
     _plugin_is_live()
     overrides = dict(engine_args.get("hf_overrides") or {})
-    overrides["architectures"] = [STEERED_ARCH]
+    overrides["architectures"] = [steered_arch]
     overrides[CONFIG_KEY] = settings.model_copy(update={"vectors": str(folder)}).model_dump()
     return {**engine_args, "hf_overrides": overrides, "enforce_eager": True}

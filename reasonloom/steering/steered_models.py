@@ -1,6 +1,7 @@
-"""The steered Llama model class that vLLM builds inside its worker process.
+"""The steered model classes that vLLM builds inside its engine process: Llama, Mistral, Qwen2
+and Qwen3 (every decoder whose attention ends in `o_proj` over the heads side by side).
 
-It is the stock `LlamaForCausalLM` plus a forward pre-hook on each chosen layer's
+Each is the stock vLLM class plus a forward pre-hook on each chosen layer's
 `self_attn.o_proj`, whose input is the heads' outputs side by side (head h = columns
 h*D ... (h+1)*D). `forward` sees the batch's input ids, computes the per-token step gate once
 (ops.engine_step_gate, from the attention metadata of the forward context), and the hooks apply
@@ -20,6 +21,9 @@ from typing import Any
 
 import torch
 from vllm.model_executor.models.llama import LlamaForCausalLM
+from vllm.model_executor.models.mistral import MistralForCausalLM
+from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 
 from reasonloom.steering.ops import (SeparatorMasks, engine_step_gate, head_gate, probe_logits,
                                      steer_heads)
@@ -49,7 +53,7 @@ class HeadSteering:
     """The worker-side state of one steered engine: selected heads per layer, the vocab masks,
     the per-KV-slot separator memory, the current batch's gate and the counters."""
 
-    def __init__(self, settings: SteeringSettings, vllm_config: Any):
+    def __init__(self, settings: SteeringSettings, vllm_config: Any, class_name: str):
         manifest = read_manifest(settings.vectors)
         tensors = load_tensors(settings.vectors)
         k = settings.top_k_heads or len(manifest.heads)
@@ -77,7 +81,7 @@ class HeadSteering:
         self.stats_file = Path(settings.stats_file) if settings.stats_file else None
         self.counts = {"forwards": 0, "decode_tokens": 0, "gated_tokens": 0, "head_steers": 0}
         self._head_steers = torch.zeros((), dtype=torch.int64)
-        self.info = {"pid": os.getpid(), "class": "SteeredLlamaForCausalLM",
+        self.info = {"pid": os.getpid(), "class": class_name,
                      "heads": int(k), "layers": len(self.layers), "strength": self.strength,
                      "gate": self.gate, "separator": self.masks.separator}
         self.write_stats()
@@ -156,8 +160,10 @@ class HeadSteering:
         os.replace(tmp, self.stats_file)
 
 
-class SteeredLlamaForCausalLM(LlamaForCausalLM):
-    """`LlamaForCausalLM` with CREST head steering at the input of the chosen o_proj layers."""
+class _Steered:
+    """Mixed in before a stock vLLM causal LM: CREST head steering at the input of the chosen
+    layers' o_proj (`self.model.layers[i].self_attn.o_proj`, the same path in every class
+    below)."""
 
     def __init__(self, *, vllm_config: Any, prefix: str = "", **kwargs: Any):
         super().__init__(vllm_config=vllm_config, prefix=prefix, **kwargs)
@@ -168,7 +174,8 @@ class SteeredLlamaForCausalLM(LlamaForCausalLM):
         raw = getattr(vllm_config.model_config.hf_config, CONFIG_KEY, None)
         if not isinstance(raw, dict):
             raise ValueError(f"{type(self).__name__} needs hf_overrides[{CONFIG_KEY!r}]")
-        self.steering = HeadSteering(SteeringSettings.model_validate(raw), vllm_config)
+        self.steering = HeadSteering(SteeringSettings.model_validate(raw), vllm_config,
+                                     type(self).__name__)
         for layer in self.steering.layers:
             self.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(
                 self.steering.hook(layer))
@@ -180,3 +187,19 @@ class SteeredLlamaForCausalLM(LlamaForCausalLM):
         out = super().forward(input_ids, positions, intermediate_tensors, inputs_embeds)
         self.steering.end()
         return out
+
+
+class SteeredLlamaForCausalLM(_Steered, LlamaForCausalLM):
+    """`LlamaForCausalLM` with CREST head steering."""
+
+
+class SteeredMistralForCausalLM(_Steered, MistralForCausalLM):
+    """`MistralForCausalLM` with CREST head steering."""
+
+
+class SteeredQwen2ForCausalLM(_Steered, Qwen2ForCausalLM):
+    """`Qwen2ForCausalLM` with CREST head steering."""
+
+
+class SteeredQwen3ForCausalLM(_Steered, Qwen3ForCausalLM):
+    """`Qwen3ForCausalLM` with CREST head steering."""
