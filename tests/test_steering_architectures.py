@@ -7,7 +7,6 @@ firing at every token that follows a space) must pick the same tokens; one head 
 engine's process, on exactly the chosen heads."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -15,8 +14,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import EMBEDDED_ENGINE_ARGS
-from tests.test_steering_engine import greedy, write_vectors
+from tests.test_steering_engine import run_steered, write_vectors
 
 SHAPE = (2, 4, 64)                 # layers, heads, head_dim (64: a size the CPU attention has)
 PROMPTS = ([1, 504, 3135, 314, 253, 1484, 30], [1, 19842, 1034, 314, 2951, 30])
@@ -72,26 +70,18 @@ def test_a_model_of_the_family_is_built_steered_under_its_own_name(tmp_path, arc
                                           "MistralForCausalLM"])
 def test_each_family_is_the_stock_model_at_strength_zero_and_steers_only_the_chosen_heads(
         tmp_path, arun, architecture):
-    from reasonloom.backends.vllm.backend import VLLMBackend
-    from reasonloom.backends.vllm.engine import shutdown_engine
-
     model = str(write_random_model(tmp_path / "model", architecture))
     vectors = write_vectors(tmp_path / "vectors", shape=SHAPE, architecture=architecture)
     base = {"vectors": str(vectors), "gate": "step", "separator": " "}
-    runs = {"plain": EMBEDDED_ENGINE_ARGS,
+    runs = {"plain": None,
             "zero": {"strength": 0.0},                      # every head, no effect
             "one_head": {"strength": -8.0, "top_k_heads": 1}}
     outputs, stats = {}, {}
     for name, run in runs.items():
-        engine_args = run if name == "plain" else {**EMBEDDED_ENGINE_ARGS, "reasonloom_steering": {
-            **base, **run, "stats_file": str(tmp_path / f"{name}.json")}}
-        backend = VLLMBackend(model, engine_args)
-        try:
-            outputs[name] = arun(greedy(backend, [list(p) for p in PROMPTS]))
-        finally:
-            shutdown_engine(backend.model_path, backend.engine_args)
-            arun(asyncio.sleep(0.1))
-        if name != "plain":
+        steering = None if name == "plain" else {
+            **base, **run, "stats_file": str(tmp_path / f"{name}.json")}
+        outputs[name] = run_steered(arun, [list(p) for p in PROMPTS], steering, model)
+        if steering is not None:
             stats[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert outputs["zero"] == outputs["plain"]
     assert outputs["one_head"] != outputs["plain"]

@@ -83,14 +83,17 @@ def vectors(tmp_path_factory):
     return write_vectors(tmp_path_factory.mktemp("steer") / "vectors")
 
 
-def run_steered(arun, prompt_ids, steering: dict) -> list[list[int]]:
-    """Start a steered engine through the ordinary engine path, generate, shut it down."""
+def run_steered(arun, prompt_ids, steering: dict | None, model: str | None = None
+                ) -> list[list[int]]:
+    """Start an engine (steered unless `steering` is None; the embedded model unless `model`)
+    through the ordinary engine path, generate greedily, shut it down."""
     from reasonloom.backends.vllm.backend import VLLMBackend
     from reasonloom.backends.vllm.embedded import ensure_embedded_model
     from reasonloom.backends.vllm.engine import shutdown_engine
 
-    backend = VLLMBackend(str(ensure_embedded_model()),
-                          {**EMBEDDED_ENGINE_ARGS, "reasonloom_steering": steering})
+    engine_args = EMBEDDED_ENGINE_ARGS if steering is None else {
+        **EMBEDDED_ENGINE_ARGS, "reasonloom_steering": steering}
+    backend = VLLMBackend(model or str(ensure_embedded_model()), engine_args)
     try:
         return arun(greedy(backend, prompt_ids))
     finally:

@@ -19,7 +19,7 @@ Measured in benchmarks/engine_speed.py (figures in the README):
   stalled for minutes), so it suits a script or notebook that opens nothing before its engine.
 
 A role overrides these with `engine: {enforce_eager: false}`,
-`engine: {distributed_executor_backend: mp}`, `engine: {engine_start: spawn}` or
+`engine: {distributed_executor_backend: mp}`, `engine: {engine_start: fork}` or
 `engine: {cpu_threads_bind: auto | nobind | "0-3"}`; the environment variable
 `VLLM_CPU_OMP_THREADS_BIND` overrides the default for every engine and server we start.
 """
