@@ -74,6 +74,20 @@ def test_every_separator_is_a_boundary_labelled_by_the_step_after_it(tokenizer):
         assert tokenizer.decode(ids[:pos + 1]).endswith("\n\n")
 
 
+def test_a_traces_system_prompt_is_rendered_before_its_question(tokenizer):
+    from reasonloom.steering.calibrate import prompt_ids
+
+    plain = tokenizer.decode(prompt_ids(tokenizer, "What is 2 + 3?"))
+    with_system = tokenizer.decode(prompt_ids(tokenizer, "What is 2 + 3?", "Answer tersely."))
+    assert "Answer tersely." in with_system and "Answer tersely." not in plain
+    assert with_system.index("Answer tersely.") < with_system.index("What is 2 + 3?")
+    trace = Trace(question="What is 2 + 3?", system="Answer tersely.", trace="5.\n\nDone.")
+    masks = SeparatorMasks([tokenizer.decode([i]) for i in range(len(tokenizer))], "\n\n")
+    ids, _, _ = boundaries(tokenizer, trace, masks, ("Wait",))
+    assert ids[:len(prompt_ids(tokenizer, "What is 2 + 3?", "Answer tersely."))] == \
+        prompt_ids(tokenizer, "What is 2 + 3?", "Answer tersely.")
+
+
 def test_balanced_splits_keep_traces_apart_and_classes_equal():
     labels = [[0, 1, 0, 0] if i % 3 == 0 else [0, 0, 0] for i in range(60)]
     chosen = split_and_balance(labels, CalibrationConfig(seed=2))

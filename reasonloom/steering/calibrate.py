@@ -58,12 +58,14 @@ def token_texts(tokenizer) -> list[str]:
     return tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    """The chat-templated question, as the engine renders it before the model's reply."""
+def prompt_ids(tokenizer, question: str, system: str | None = None) -> list[int]:
+    """The chat-templated question (under its system prompt, if any), as the engine renders it
+    before the model's reply."""
     if not question:
         return []
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+        messages = [{"role": "system", "content": system}] if system else []
+        text = tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}],
                                              tokenize=False, add_generation_prompt=True)
     else:
         text = question + "\n"
@@ -73,7 +75,7 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
 def boundaries(tokenizer, trace: Trace, masks: SeparatorMasks,
                keywords: Sequence[str]) -> tuple[list[int], list[int], list[int]]:
     """(token ids, boundary positions, labels) for one trace after its prompt."""
-    head = prompt_ids(tokenizer, trace.question)
+    head = prompt_ids(tokenizer, trace.question, trace.system)
     enc = tokenizer(trace.trace, add_special_tokens=False, return_offsets_mapping=True)
     ids = head + list(enc["input_ids"])
     starts = sequence_step_starts(torch.tensor(ids), masks).tolist()

@@ -35,6 +35,7 @@ class Trace(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     question: str = ""
+    system: str | None = None           # the system prompt the trace was written under, if any
     trace: str
     id: str | None = None
     answer: str | None = None
