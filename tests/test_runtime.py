@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 
 import pytest
@@ -12,6 +13,7 @@ from reasonloom.backends.errors import ServerError
 from reasonloom.backends.scripted import ScriptedBackend
 from reasonloom.orchestrator.budget import BudgetExceeded, BudgetSpec
 from reasonloom.orchestrator.cache import cache_key
+from reasonloom.orchestrator.gc_tuning import RUN_YOUNG_THRESHOLD
 from reasonloom.orchestrator.graph import Graph, GraphError
 from reasonloom.orchestrator.result import RunFailed
 from reasonloom.orchestrator.roles import RetryPolicy, Role, Roles, RoleSpec
@@ -212,3 +214,14 @@ def test_retries_follow_the_policy_and_every_attempt_is_in_the_ledger():
     result = asyncio.run(run(g, "q", roles))
     assert result.usage.total.calls == 3
     assert result.answer is not None
+
+
+def test_a_run_raises_the_young_gc_threshold_only_while_it_is_active():
+    before = gc.get_threshold()
+    during = []
+    g = Graph()
+    g.add("a", "test_call", {"calls": 1})
+    asyncio.run(run(g, "q", roles_of(ScriptedBackend()),
+                    subscribers=[lambda e: during.append(gc.get_threshold())]))
+    assert during and all(t == (RUN_YOUNG_THRESHOLD, *before[1:]) for t in during)
+    assert gc.get_threshold() == before

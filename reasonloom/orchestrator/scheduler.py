@@ -14,6 +14,7 @@ from reasonloom.orchestrator.budget import Budget, BudgetExceeded, BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode, RunStore, TieredStore
 from reasonloom.orchestrator.context import SHAPING, PartialStream, RunContext, RunState
 from reasonloom.orchestrator.events import Event, EventBus
+from reasonloom.orchestrator.gc_tuning import run_gc_thresholds
 from reasonloom.orchestrator.graph import PROBLEM, Graph, NodeSpec, Source
 from reasonloom.orchestrator.result import NodeFailure, RunFailed, RunResult
 from reasonloom.orchestrator.roles import Roles
@@ -195,7 +196,6 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
     affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
     t0 = time.time()
     ended: RunResult | None = None   # what the run ended with, for its record
-    events.emit("run_started", None, run_id=run_id)
 
     def result(status: str, answer: Answer | None) -> RunResult:
         ttft = (events.first_answer_t - t0) if events.first_answer_t else None
@@ -204,34 +204,36 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
                          wall_s=time.time() - t0, ttft_s=ttft, events=kept, status=status,
                          failures=scheduler.failures, dropped=state.dropped)
 
-    try:
+    with run_gc_thresholds():
+        events.emit("run_started", None, run_id=run_id)
         try:
-            await scheduler.run()
-        except BudgetExceeded as exc:
-            ended = result("budget_exceeded", state.best)
-            events.emit("run_finished", None, status="budget_exceeded")
-            raise BudgetExceeded(str(exc), partial=ended, best=state.best) from None
+            try:
+                await scheduler.run()
+            except BudgetExceeded as exc:
+                ended = result("budget_exceeded", state.best)
+                events.emit("run_finished", None, status="budget_exceeded")
+                raise BudgetExceeded(str(exc), partial=ended, best=state.best) from None
+            finally:
+                SHAPING.reset(shaping_token)
+                AFFINITY_KEY.reset(affinity_token)
+            out = graph.output
+            assert out is not None
+            if out.node not in scheduler.outputs:
+                failed = [f for f in scheduler.failures if f.cancelled_because is None]
+                why = "; ".join(f"{f.node}: {f.error}" for f in failed) or "unknown"
+                ended = result("failed", state.best)
+                events.emit("run_finished", None, status="failed")
+                raise RunFailed(f"run {run_id} failed: {why}", ended)
+            ended = result("ok", _as_answer(scheduler.outputs[out.node].get(out.port)))
+            events.emit("run_finished", None, status="ok")
+            return ended
+        except BaseException as exc:
+            # a run stopped from outside (Ctrl-C, a closed connection) is recorded as cancelled
+            stopped = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+            ended = ended or result("cancelled" if stopped else "failed", state.best)
+            raise
         finally:
-            SHAPING.reset(shaping_token)
-            AFFINITY_KEY.reset(affinity_token)
-        out = graph.output
-        assert out is not None
-        if out.node not in scheduler.outputs:
-            failed = [f for f in scheduler.failures if f.cancelled_because is None]
-            why = "; ".join(f"{f.node}: {f.error}" for f in failed) or "unknown"
-            ended = result("failed", state.best)
-            events.emit("run_finished", None, status="failed")
-            raise RunFailed(f"run {run_id} failed: {why}", ended)
-        ended = result("ok", _as_answer(scheduler.outputs[out.node].get(out.port)))
-        events.emit("run_finished", None, status="ok")
-        return ended
-    except BaseException as exc:
-        # a run stopped from outside (Ctrl-C, a closed connection) is recorded as cancelled
-        stopped = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
-        ended = ended or result("cancelled" if stopped else "failed", state.best)
-        raise
-    finally:
-        if recorder is not None and own is not None and ended is not None:
-            own.set_meta(RECORD_KEY, recorder.record(ended, state.ledger))
-        if store is not None and store is not shared_cache:   # its owner closes a shared one
-            store.close()
+            if recorder is not None and own is not None and ended is not None:
+                own.set_meta(RECORD_KEY, recorder.record(ended, state.ledger))
+            if store is not None and store is not shared_cache:   # its owner closes a shared one
+                store.close()
