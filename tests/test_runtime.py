@@ -7,8 +7,10 @@ import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from pydantic import ValidationError
 
 import tests.support.nodes  # noqa: F401  (registers the test node types)
+from reasonloom.backends.base import GenerateRequest
 from reasonloom.backends.errors import ServerError
 from reasonloom.backends.scripted import ScriptedBackend
 from reasonloom.orchestrator.budget import BudgetExceeded, BudgetSpec
@@ -18,6 +20,7 @@ from reasonloom.orchestrator.graph import Graph, GraphError
 from reasonloom.orchestrator.result import RunFailed
 from reasonloom.orchestrator.roles import RetryPolicy, Role, Roles, RoleSpec
 from reasonloom.orchestrator.scheduler import run
+from reasonloom.types import Message
 from tests.support.nodes import TIMELINE
 
 
@@ -225,3 +228,13 @@ def test_a_run_raises_the_young_gc_threshold_only_while_it_is_active():
                     subscribers=[lambda e: during.append(gc.get_threshold())]))
     assert during and all(t == (RUN_YOUNG_THRESHOLD, *before[1:]) for t in during)
     assert gc.get_threshold() == before
+
+
+def test_with_seed_is_model_copy_with_the_seed():
+    req = GenerateRequest(messages=(Message(role="user", content="q"),), max_tokens=4, n=2)
+    seeded, copied = req.with_seed(7), req.model_copy(update={"seed": 7})
+    assert seeded == copied and repr(seeded) == repr(copied) and req.seed is None
+    assert seeded.model_fields_set == copied.model_fields_set
+    assert seeded.model_dump() == copied.model_dump() and hash(seeded) == hash(copied)
+    with pytest.raises(ValidationError):   # still frozen
+        seeded.seed = 8

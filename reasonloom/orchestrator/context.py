@@ -167,7 +167,7 @@ class RunContext:
         """One logical call (n samples): cached, budgeted, throttled, retried, recorded."""
         role = self.roles.pick(role) if isinstance(role, str) else role
         if req.seed is None:
-            req = req.model_copy(update={"seed": self.seed(call_key)})
+            req = req.with_seed(self.seed(call_key))
         store = self.state.store
         keys: list[str] = []
         if store is not None:
@@ -232,7 +232,7 @@ class RunContext:
         text already yielded is not yielded twice (and must match, or the call fails)."""
         role = self.roles.pick(role) if isinstance(role, str) else role
         if req.seed is None:
-            req = req.model_copy(update={"seed": self.seed(call_key)})
+            req = req.with_seed(self.seed(call_key))
         key, hit = self._cached(role, {"kind": "stream", **req.model_dump(mode="json")},
                                 req.seed)
         if hit is not None:

@@ -102,17 +102,22 @@ class Scheduler:
         streaming = spec.streaming
         for port, ref in spec.inputs.items():
             if isinstance(ref, list):   # several producers: candidates concatenate
-                values = [await self._input(name, src) for src in ref]
+                values = []
+                for src in ref:   # a plain loop: an async comprehension is one more coroutine
+                    values.append(await self._input(name, src))
                 inputs[port] = (Candidates(c for value in values for c in value)
                                 if spec.type.inputs[port] == "candidates" else values)
             elif port in streaming:
                 upstream[port] = self._stream_of(ref)
+            elif ref.node == PROBLEM:   # no coroutine for the run's input
+                inputs[port] = self.problem
             else:
                 inputs[port] = await self._input(name, ref)
         events = self.state.events
         if events.active:
             events.emit("node_started", name, type=spec.type.name)
-        ctx = RunContext(self.state, name, self.partials[name], upstream)
+        partials = self.partials[name]
+        ctx = RunContext(self.state, name, partials, upstream)
         try:
             out = await spec.type.fn(inputs, spec.config, ctx)
         except BudgetExceeded as exc:
@@ -130,11 +135,11 @@ class Scheduler:
                 events.emit("node_failed", name, error=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            for stream in self.partials[name].values():
+            for stream in partials.values():
                 stream.close()
         out = dict(out)
         self.outputs[name] = out
-        for port, stream in self.partials[name].items():   # streaming consumers get the end
+        for port, stream in partials.items():   # streaming consumers get the end
             if port in out:
                 stream.publish(out[port], final=True)
         if self.state.store is not None:
@@ -146,15 +151,17 @@ class Scheduler:
     async def run(self) -> None:
         """One task per node; a node's task is also the future its consumers await (tasks
         only start once all exist). Failures are recorded where they happen."""
+        loop = asyncio.get_running_loop()
         for name, spec in self.graph.nodes.items():
-            self.results[name] = asyncio.ensure_future(self._run_node(spec))
+            self.results[name] = loop.create_task(self._run_node(spec))
         tasks = list(self.results.values())
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:   # the caller was cancelled (e.g. a client went away): stop every node
-            for task in tasks:
+            unfinished = [task for task in tasks if not task.done()]
+            for task in unfinished:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*unfinished, return_exceptions=True)
         if self.budget_error is not None:
             raise self.budget_error
 
