@@ -66,7 +66,7 @@ class Generation(BaseModel):
 
     @property
     def completion_tokens(self) -> int:
-        return sum(s.completion_tokens for s in self.samples)
+        return sum([s.completion_tokens for s in self.samples])
 
     @property
     def texts(self) -> list[str]:
