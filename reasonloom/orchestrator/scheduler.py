@@ -196,22 +196,22 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
         events.subscribe(recorder)
     state = RunState(run_id=run_id, seed=seed, roles=roles, budget=Budget(budget),
                      events=events, store=store, shaping=shaping)
-    scheduler = Scheduler(graph, state, problem)
-    shaping_token = SHAPING.set(shaping)   # node tasks copy it when they are created
-    # replicas keep one problem's calls on one server (its prefix cache); the default id "0"
-    # is shared by every ad-hoc question, so those runs are keyed by their run id instead
-    affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
-    t0 = time.time()
-    ended: RunResult | None = None   # what the run ended with, for its record
+    with run_gc_thresholds():   # from the graph's first per-node objects on
+        scheduler = Scheduler(graph, state, problem)
+        shaping_token = SHAPING.set(shaping)   # node tasks copy it when they are created
+        # replicas keep one problem's calls on one server (its prefix cache); the default id "0"
+        # is shared by every ad-hoc question, so those runs are keyed by their run id instead
+        affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
+        t0 = time.time()
+        ended: RunResult | None = None   # what the run ended with, for its record
 
-    def result(status: str, answer: Answer | None) -> RunResult:
-        ttft = (events.first_answer_t - t0) if events.first_answer_t else None
-        return RunResult(run_id=run_id, recipe=recipe, answer=answer,
-                         outputs=scheduler.outputs, usage=state.ledger.report(),
-                         wall_s=time.time() - t0, ttft_s=ttft, events=kept, status=status,
-                         failures=scheduler.failures, dropped=state.dropped)
+        def result(status: str, answer: Answer | None) -> RunResult:
+            ttft = (events.first_answer_t - t0) if events.first_answer_t else None
+            return RunResult(run_id=run_id, recipe=recipe, answer=answer,
+                             outputs=scheduler.outputs, usage=state.ledger.report(),
+                             wall_s=time.time() - t0, ttft_s=ttft, events=kept, status=status,
+                             failures=scheduler.failures, dropped=state.dropped)
 
-    with run_gc_thresholds():
         events.emit("run_started", None, run_id=run_id)
         try:
             try:
