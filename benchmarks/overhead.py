@@ -7,8 +7,8 @@
     backend awaits asyncio.sleep(0.05): how many calls are in flight at once.
 (c) where the time goes: the bare DAG, then the bare DAG calling the backend directly (its
     pydantic reply types), then calling ctx.generate (the call pipeline: seed, budget, role
-    limiter, ledger, events) without the scheduler, then the full runtime: the least CPU time
-    per node of each, and what each layer adds.
+    limiter, ledger, events; under a run's collector setting) without the scheduler, then the
+    full runtime: the least CPU time per node of each, and what each layer adds.
 
     python benchmarks/overhead.py --quick
 """
@@ -32,6 +32,7 @@ from reasonloom.backends.scripted import ScriptedBackend  # noqa: E402
 from reasonloom.orchestrator.budget import Budget, BudgetSpec  # noqa: E402
 from reasonloom.orchestrator.context import RunContext, RunState  # noqa: E402
 from reasonloom.orchestrator.events import EventBus  # noqa: E402
+from reasonloom.orchestrator.gc_tuning import run_gc_thresholds  # noqa: E402
 from reasonloom.orchestrator.graph import Graph  # noqa: E402
 from reasonloom.orchestrator.registry import register_node  # noqa: E402
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
@@ -126,8 +127,9 @@ async def bare_with_pipeline(parents: list[list[int]], delay: float) -> None:
         out = await one_call({}, OneCall(), RunContext(state, f"n{i}"))
         futures[i].set_result(out)
 
-    await asyncio.gather(*(node(i) for i in range(len(parents))))
-    state.ledger.report()
+    with run_gc_thresholds():   # the collector setting every run has (gc_tuning.py)
+        await asyncio.gather(*(node(i) for i in range(len(parents))))
+        state.ledger.report()
 
 
 def cpu_per_node(fn, parents: list[list[int]], repeats: int, collect: bool = True) -> float:

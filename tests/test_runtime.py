@@ -2,20 +2,25 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from pydantic import ValidationError
 
 import tests.support.nodes  # noqa: F401  (registers the test node types)
+from reasonloom.backends.base import GenerateRequest
 from reasonloom.backends.errors import ServerError
 from reasonloom.backends.scripted import ScriptedBackend
 from reasonloom.orchestrator.budget import BudgetExceeded, BudgetSpec
 from reasonloom.orchestrator.cache import cache_key
+from reasonloom.orchestrator.gc_tuning import RUN_YOUNG_THRESHOLD
 from reasonloom.orchestrator.graph import Graph, GraphError
 from reasonloom.orchestrator.result import RunFailed
 from reasonloom.orchestrator.roles import RetryPolicy, Role, Roles, RoleSpec
 from reasonloom.orchestrator.scheduler import run
+from reasonloom.types import Message
 from tests.support.nodes import TIMELINE
 
 
@@ -212,3 +217,24 @@ def test_retries_follow_the_policy_and_every_attempt_is_in_the_ledger():
     result = asyncio.run(run(g, "q", roles))
     assert result.usage.total.calls == 3
     assert result.answer is not None
+
+
+def test_a_run_raises_the_young_gc_threshold_only_while_it_is_active():
+    before = gc.get_threshold()
+    during = []
+    g = Graph()
+    g.add("a", "test_call", {"calls": 1})
+    asyncio.run(run(g, "q", roles_of(ScriptedBackend()),
+                    subscribers=[lambda e: during.append(gc.get_threshold())]))
+    assert during and all(t == (RUN_YOUNG_THRESHOLD, *before[1:]) for t in during)
+    assert gc.get_threshold() == before
+
+
+def test_with_seed_is_model_copy_with_the_seed():
+    req = GenerateRequest(messages=(Message(role="user", content="q"),), max_tokens=4, n=2)
+    seeded, copied = req.with_seed(7), req.model_copy(update={"seed": 7})
+    assert seeded == copied and repr(seeded) == repr(copied) and req.seed is None
+    assert seeded.model_fields_set == copied.model_fields_set
+    assert seeded.model_dump() == copied.model_dump() and hash(seeded) == hash(copied)
+    with pytest.raises(ValidationError):   # still frozen
+        seeded.seed = 8

@@ -37,6 +37,17 @@ class GenerateRequest(FrozenModel):
     confidence_k: int | None = Field(None, ge=1, le=20)
     assistant_prefix: str | None = None                # continue a partially written answer
 
+    def with_seed(self, seed: int) -> "GenerateRequest":
+        """`model_copy(update={"seed": seed})` without pydantic's generic copy, which costs
+        twice as much: the runtime seeds every unseeded call (benchmarks/overhead.py)."""
+        copied = object.__new__(GenerateRequest)
+        object.__setattr__(copied, "__dict__", {**self.__dict__, "seed": seed})
+        object.__setattr__(copied, "__pydantic_fields_set__",
+                           self.__pydantic_fields_set__ | {"seed"})
+        object.__setattr__(copied, "__pydantic_extra__", self.__pydantic_extra__)
+        object.__setattr__(copied, "__pydantic_private__", self.__pydantic_private__)
+        return copied
+
 
 class Sample(BaseModel):
     text: str
@@ -55,7 +66,7 @@ class Generation(BaseModel):
 
     @property
     def completion_tokens(self) -> int:
-        return sum(s.completion_tokens for s in self.samples)
+        return sum([s.completion_tokens for s in self.samples])
 
     @property
     def texts(self) -> list[str]:

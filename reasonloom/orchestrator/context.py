@@ -132,12 +132,12 @@ class RunContext:
 
     def _record(self, role: Role, kind: str, key: str, attempt: int, t0: float,
                 **fields: Any) -> CallRecord:
-        rec = CallRecord(node=self.node, role=role.name, model=role.model_id, kind=kind,
-                         call_key=key, attempt=attempt, latency_s=time.monotonic() - t0,
-                         **fields)
-        self.state.ledger.record(rec)
-        if self.state.events.active:
-            self.state.events.emit("call_finished", self.node, role=role.name, call_kind=kind,
+        rec = CallRecord(self.node, role.name, role.model_id, kind, key, attempt,
+                         latency_s=time.monotonic() - t0, **fields)
+        state = self.state
+        state.ledger.record(rec)
+        if state.events.active:
+            state.events.emit("call_finished", self.node, role=role.name, call_kind=kind,
                                    ok=rec.ok, prompt_tokens=rec.prompt_tokens,
                                    cached_prompt_tokens=rec.cached_prompt_tokens,
                                    completion_tokens=rec.completion_tokens,
@@ -159,7 +159,7 @@ class RunContext:
         await asyncio.sleep(role.spec.retry.delay(attempt, retry_after, self.state.retry_rng))
 
     def _prompt_estimate(self, role: Role, req: GenerateRequest) -> int:
-        text = "".join(m.content for m in req.messages) + (req.assistant_prefix or "")
+        text = "".join([m.content for m in req.messages]) + (req.assistant_prefix or "")
         return role.backend.estimate_tokens(text) + 8 * len(req.messages)
 
     async def generate(self, role: Role | str, req: GenerateRequest, call_key: str,
@@ -167,7 +167,7 @@ class RunContext:
         """One logical call (n samples): cached, budgeted, throttled, retried, recorded."""
         role = self.roles.pick(role) if isinstance(role, str) else role
         if req.seed is None:
-            req = req.model_copy(update={"seed": self.seed(call_key)})
+            req = req.with_seed(self.seed(call_key))
         store = self.state.store
         keys: list[str] = []
         if store is not None:
@@ -232,7 +232,7 @@ class RunContext:
         text already yielded is not yielded twice (and must match, or the call fails)."""
         role = self.roles.pick(role) if isinstance(role, str) else role
         if req.seed is None:
-            req = req.model_copy(update={"seed": self.seed(call_key)})
+            req = req.with_seed(self.seed(call_key))
         key, hit = self._cached(role, {"kind": "stream", **req.model_dump(mode="json")},
                                 req.seed)
         if hit is not None:

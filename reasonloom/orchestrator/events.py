@@ -23,12 +23,18 @@ class EventBus:
     """Synchronous fan-out: subscribers must be quick (queue or write, never block)."""
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+        # a tuple, replaced on (un)subscribe: emit fans out without copying it per event
+        self._subscribers: tuple[Subscriber, ...] = ()
         self.first_answer_t: float | None = None
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
-        self._subscribers.append(fn)
-        return lambda: self._subscribers.remove(fn)
+        self._subscribers += (fn,)
+        return lambda: self._unsubscribe(fn)
+
+    def _unsubscribe(self, fn: Subscriber) -> None:
+        subscribers = list(self._subscribers)
+        subscribers.remove(fn)
+        self._subscribers = tuple(subscribers)
 
     @property
     def active(self) -> bool:
@@ -39,6 +45,6 @@ class EventBus:
             self.first_answer_t = time.time()
         if not self._subscribers:
             return
-        event = Event(kind, node, data)
-        for fn in list(self._subscribers):
+        event = Event(kind, node, data, time.time())
+        for fn in self._subscribers:
             fn(event)

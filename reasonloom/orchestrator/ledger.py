@@ -48,6 +48,29 @@ class CallRecord:
         return asdict(self)
 
 
+def _usage(records: list[CallRecord]) -> Usage:
+    """The totals of some records: plain additions in record order (report() runs this over
+    every record of big graphs, where pydantic or generic summing costs more than the run)."""
+    cached = failed = prompt = completion = cached_prompt = 0
+    replayed_prompt = replayed_completion = 0
+    cost = replayed_cost = 0.0
+    for rec in records:
+        cached += rec.cache_hit
+        failed += not rec.ok
+        prompt += rec.prompt_tokens
+        completion += rec.completion_tokens
+        cached_prompt += rec.cached_prompt_tokens
+        cost += rec.cost_usd
+        replayed_prompt += rec.replayed_prompt_tokens
+        replayed_completion += rec.replayed_completion_tokens
+        replayed_cost += rec.replayed_cost_usd
+    return Usage(calls=len(records), cached_calls=cached, failed_calls=failed,
+                 prompt_tokens=prompt, completion_tokens=completion,
+                 cached_prompt_tokens=cached_prompt, cost_usd=cost,
+                 replayed_prompt_tokens=replayed_prompt,
+                 replayed_completion_tokens=replayed_completion, replayed_cost_usd=replayed_cost)
+
+
 class UsageReport(BaseModel):
     total: Usage
     by_model: dict[str, Usage]   # keyed by ROLE name: two roles may share one model
@@ -64,31 +87,14 @@ class Ledger:
         self.records.append(rec)
 
     def report(self) -> UsageReport:
-        # plain lists while summing: this runs over every record of big graphs
-        zero = [0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0.0]
-        total = list(zero)
-        by_role: dict[str, list] = {}
-        by_node: dict[str, list] = {}
+        by_role: dict[str, list[CallRecord]] = {}
+        by_node: dict[str, list[CallRecord]] = {}
         for rec in self.records:
-            row = (1, int(rec.cache_hit), int(not rec.ok), rec.prompt_tokens,
-                   rec.completion_tokens, rec.cached_prompt_tokens, rec.cost_usd,
-                   rec.replayed_prompt_tokens, rec.replayed_completion_tokens,
-                   rec.replayed_cost_usd)
-            for acc in (total, by_role.setdefault(rec.role, list(zero)),
-                        by_node.setdefault(rec.node, list(zero))):
-                for i, value in enumerate(row):
-                    acc[i] += value
-
-        def usage(acc: list) -> Usage:
-            return Usage(calls=acc[0], cached_calls=acc[1], failed_calls=acc[2],
-                         prompt_tokens=acc[3], completion_tokens=acc[4],
-                         cached_prompt_tokens=acc[5], cost_usd=acc[6],
-                         replayed_prompt_tokens=acc[7], replayed_completion_tokens=acc[8],
-                         replayed_cost_usd=acc[9])
-
-        return UsageReport(total=usage(total),
-                           by_model={k: usage(v) for k, v in by_role.items()},
-                           by_node={k: usage(v) for k, v in by_node.items()})
+            by_role.setdefault(rec.role, []).append(rec)
+            by_node.setdefault(rec.node, []).append(rec)
+        return UsageReport(total=_usage(self.records),
+                           by_model={k: _usage(v) for k, v in by_role.items()},
+                           by_node={k: _usage(v) for k, v in by_node.items()})
 
     @property
     def cost_usd(self) -> float:

@@ -145,11 +145,11 @@ class Roles(Mapping[str, Role]):
 
     @property
     def strongest(self) -> Role:
-        return self.by_strength[0]
+        return self._roles[self.order[0]]
 
     @property
     def cheapest(self) -> Role:
-        return self.by_strength[-1]
+        return self._roles[self.order[-1]]
 
     def pick(self, name: str | None, default: str = "strongest") -> Role:
         """A named role if the recipe has it, else the strongest (or cheapest) ranked one."""

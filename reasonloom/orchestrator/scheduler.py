@@ -14,6 +14,7 @@ from reasonloom.orchestrator.budget import Budget, BudgetExceeded, BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode, RunStore, TieredStore
 from reasonloom.orchestrator.context import SHAPING, PartialStream, RunContext, RunState
 from reasonloom.orchestrator.events import Event, EventBus
+from reasonloom.orchestrator.gc_tuning import run_gc_thresholds
 from reasonloom.orchestrator.graph import PROBLEM, Graph, NodeSpec, Source
 from reasonloom.orchestrator.result import NodeFailure, RunFailed, RunResult
 from reasonloom.orchestrator.roles import Roles
@@ -101,17 +102,22 @@ class Scheduler:
         streaming = spec.streaming
         for port, ref in spec.inputs.items():
             if isinstance(ref, list):   # several producers: candidates concatenate
-                values = [await self._input(name, src) for src in ref]
+                values = []
+                for src in ref:   # a plain loop: an async comprehension is one more coroutine
+                    values.append(await self._input(name, src))
                 inputs[port] = (Candidates(c for value in values for c in value)
                                 if spec.type.inputs[port] == "candidates" else values)
             elif port in streaming:
                 upstream[port] = self._stream_of(ref)
+            elif ref.node == PROBLEM:   # no coroutine for the run's input
+                inputs[port] = self.problem
             else:
                 inputs[port] = await self._input(name, ref)
         events = self.state.events
         if events.active:
             events.emit("node_started", name, type=spec.type.name)
-        ctx = RunContext(self.state, name, self.partials[name], upstream)
+        partials = self.partials[name]
+        ctx = RunContext(self.state, name, partials, upstream)
         try:
             out = await spec.type.fn(inputs, spec.config, ctx)
         except BudgetExceeded as exc:
@@ -129,11 +135,11 @@ class Scheduler:
                 events.emit("node_failed", name, error=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            for stream in self.partials[name].values():
+            for stream in partials.values():
                 stream.close()
         out = dict(out)
         self.outputs[name] = out
-        for port, stream in self.partials[name].items():   # streaming consumers get the end
+        for port, stream in partials.items():   # streaming consumers get the end
             if port in out:
                 stream.publish(out[port], final=True)
         if self.state.store is not None:
@@ -145,15 +151,17 @@ class Scheduler:
     async def run(self) -> None:
         """One task per node; a node's task is also the future its consumers await (tasks
         only start once all exist). Failures are recorded where they happen."""
+        loop = asyncio.get_running_loop()
         for name, spec in self.graph.nodes.items():
-            self.results[name] = asyncio.ensure_future(self._run_node(spec))
+            self.results[name] = loop.create_task(self._run_node(spec))
         tasks = list(self.results.values())
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:   # the caller was cancelled (e.g. a client went away): stop every node
-            for task in tasks:
+            unfinished = [task for task in tasks if not task.done()]
+            for task in unfinished:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*unfinished, return_exceptions=True)
         if self.budget_error is not None:
             raise self.budget_error
 
@@ -188,50 +196,51 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
         events.subscribe(recorder)
     state = RunState(run_id=run_id, seed=seed, roles=roles, budget=Budget(budget),
                      events=events, store=store, shaping=shaping)
-    scheduler = Scheduler(graph, state, problem)
-    shaping_token = SHAPING.set(shaping)   # node tasks copy it when they are created
-    # replicas keep one problem's calls on one server (its prefix cache); the default id "0"
-    # is shared by every ad-hoc question, so those runs are keyed by their run id instead
-    affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
-    t0 = time.time()
-    ended: RunResult | None = None   # what the run ended with, for its record
-    events.emit("run_started", None, run_id=run_id)
+    with run_gc_thresholds():   # from the graph's first per-node objects on
+        scheduler = Scheduler(graph, state, problem)
+        shaping_token = SHAPING.set(shaping)   # node tasks copy it when they are created
+        # replicas keep one problem's calls on one server (its prefix cache); the default id "0"
+        # is shared by every ad-hoc question, so those runs are keyed by their run id instead
+        affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
+        t0 = time.time()
+        ended: RunResult | None = None   # what the run ended with, for its record
 
-    def result(status: str, answer: Answer | None) -> RunResult:
-        ttft = (events.first_answer_t - t0) if events.first_answer_t else None
-        return RunResult(run_id=run_id, recipe=recipe, answer=answer,
-                         outputs=scheduler.outputs, usage=state.ledger.report(),
-                         wall_s=time.time() - t0, ttft_s=ttft, events=kept, status=status,
-                         failures=scheduler.failures, dropped=state.dropped)
+        def result(status: str, answer: Answer | None) -> RunResult:
+            ttft = (events.first_answer_t - t0) if events.first_answer_t else None
+            return RunResult(run_id=run_id, recipe=recipe, answer=answer,
+                             outputs=scheduler.outputs, usage=state.ledger.report(),
+                             wall_s=time.time() - t0, ttft_s=ttft, events=kept, status=status,
+                             failures=scheduler.failures, dropped=state.dropped)
 
-    try:
+        events.emit("run_started", None, run_id=run_id)
         try:
-            await scheduler.run()
-        except BudgetExceeded as exc:
-            ended = result("budget_exceeded", state.best)
-            events.emit("run_finished", None, status="budget_exceeded")
-            raise BudgetExceeded(str(exc), partial=ended, best=state.best) from None
+            try:
+                await scheduler.run()
+            except BudgetExceeded as exc:
+                ended = result("budget_exceeded", state.best)
+                events.emit("run_finished", None, status="budget_exceeded")
+                raise BudgetExceeded(str(exc), partial=ended, best=state.best) from None
+            finally:
+                SHAPING.reset(shaping_token)
+                AFFINITY_KEY.reset(affinity_token)
+            out = graph.output
+            assert out is not None
+            if out.node not in scheduler.outputs:
+                failed = [f for f in scheduler.failures if f.cancelled_because is None]
+                why = "; ".join(f"{f.node}: {f.error}" for f in failed) or "unknown"
+                ended = result("failed", state.best)
+                events.emit("run_finished", None, status="failed")
+                raise RunFailed(f"run {run_id} failed: {why}", ended)
+            ended = result("ok", _as_answer(scheduler.outputs[out.node].get(out.port)))
+            events.emit("run_finished", None, status="ok")
+            return ended
+        except BaseException as exc:
+            # a run stopped from outside (Ctrl-C, a closed connection) is recorded as cancelled
+            stopped = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+            ended = ended or result("cancelled" if stopped else "failed", state.best)
+            raise
         finally:
-            SHAPING.reset(shaping_token)
-            AFFINITY_KEY.reset(affinity_token)
-        out = graph.output
-        assert out is not None
-        if out.node not in scheduler.outputs:
-            failed = [f for f in scheduler.failures if f.cancelled_because is None]
-            why = "; ".join(f"{f.node}: {f.error}" for f in failed) or "unknown"
-            ended = result("failed", state.best)
-            events.emit("run_finished", None, status="failed")
-            raise RunFailed(f"run {run_id} failed: {why}", ended)
-        ended = result("ok", _as_answer(scheduler.outputs[out.node].get(out.port)))
-        events.emit("run_finished", None, status="ok")
-        return ended
-    except BaseException as exc:
-        # a run stopped from outside (Ctrl-C, a closed connection) is recorded as cancelled
-        stopped = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
-        ended = ended or result("cancelled" if stopped else "failed", state.best)
-        raise
-    finally:
-        if recorder is not None and own is not None and ended is not None:
-            own.set_meta(RECORD_KEY, recorder.record(ended, state.ledger))
-        if store is not None and store is not shared_cache:   # its owner closes a shared one
-            store.close()
+            if recorder is not None and own is not None and ended is not None:
+                own.set_meta(RECORD_KEY, recorder.record(ended, state.ledger))
+            if store is not None and store is not shared_cache:   # its owner closes a shared one
+                store.close()
