@@ -120,13 +120,16 @@ def read_stats(path: Path) -> dict:
 
 
 def sampling(pass_name: str, index: int, max_tokens: int, ignore_eos: bool = False):
+    """Timed passes stream (the decode window needs each request's progress); natural passes
+    take the final output, which is the only one that holds all n samples of a request."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     spec = PASSES[pass_name]
+    kind = RequestOutputKind.CUMULATIVE if ignore_eos else RequestOutputKind.FINAL_ONLY
     return SamplingParams(temperature=spec["temperature"], n=spec["n"], max_tokens=max_tokens,
                           seed=None if spec["temperature"] == 0 else 1000 + index,
-                          ignore_eos=ignore_eos, output_kind=RequestOutputKind.CUMULATIVE)
+                          ignore_eos=ignore_eos, output_kind=kind)
 
 
 async def run_arms(model: str, steering: dict, problems: list[dict], args, work: Path
@@ -183,12 +186,14 @@ async def run_arms(model: str, steering: dict, problems: list[dict], args, work:
         timed = prompts[:16]
         for name in backends:
             out[name]["rates"] = []
-        for _ in range(args.reps):
+        for _ in range(args.reps + 1):          # the first round warms both engines: untimed
             for name, backend in backends.items():
                 _, _, rate = await generate_all(
                     backend, timed, [sampling("greedy", i, args.fixed_tokens, ignore_eos=True)
                                      for i in range(len(timed))])
                 out[name]["rates"].append(round(rate, 2))
+        for name in backends:
+            out[name]["rates"] = out[name]["rates"][1:]
     finally:
         shutdown_engines()
     return out
