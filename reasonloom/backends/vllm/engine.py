@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import threading
 from typing import Any, Iterator, Literal
 
@@ -158,7 +159,24 @@ async def get_engine(model: str, engine_args: dict[str, Any]) -> Any:
             except Exception as exc:
                 raise EngineStartError(
                     f"vLLM engine for {model} failed to start: {_engine_reason(exc)}") from None
+            _shut_down_on_sigterm()
     return _ENGINES[key]
+
+
+def _shut_down_on_sigterm() -> None:
+    """SIGTERM (kill, a job's time limit) ends Python without running atexit, and the engine
+    core processes then live on, busy, with no one to serve. Where nothing else handles
+    SIGTERM, shut the engines down first, then die of the signal as before."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        shutdown_engines()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _shutdown(engine: Any) -> None:
