@@ -216,12 +216,18 @@ def summarise(split: str, problems: list[dict], arm_names: list[str], phase: dic
     return out
 
 
-async def main(args: argparse.Namespace) -> None:
-    settings = dict(SETTINGS, **json.loads(args.settings or "{}"))
+def pool_roles(args: argparse.Namespace, concurrency: int = 256) -> Roles:
+    """The pool's one role: the model at --base-url, priced as in the shipped recipes."""
     backend = OpenAIBackend(args.model, base_url=args.base_url, api_key="unused",
                             timeout_s=1800)
-    roles = Roles({"strong": Role(RoleSpec(name="strong", price_in_per_m=0.1,
-                                           price_out_per_m=0.4, concurrency=256), backend)})
+    return Roles({"strong": Role(RoleSpec(name="strong", price_in_per_m=0.1,
+                                          price_out_per_m=0.4, concurrency=concurrency),
+                                 backend)})
+
+
+async def main(args: argparse.Namespace) -> None:
+    settings = dict(SETTINGS, **json.loads(args.settings or "{}"))
+    roles = pool_roles(args)
     cache = SharedCache(Path(args.cache))
     problems = load_problems(args.split, args.problems)
     split = args.split + args.tag

@@ -21,12 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import add_pool_arguments, data_dir  # noqa: E402
-from benchmarks.adaptive import COMMON  # noqa: E402
-from reasonloom.backends.openai import OpenAIBackend  # noqa: E402
+from benchmarks.adaptive import COMMON, pool_roles  # noqa: E402
 from reasonloom.bench.graders import grade  # noqa: E402
 from reasonloom.orchestrator.cache import SharedCache  # noqa: E402
 from reasonloom.orchestrator.graph import Graph  # noqa: E402
-from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
 from reasonloom.orchestrator.scheduler import run  # noqa: E402
 from reasonloom.orchestrator.types import Problem  # noqa: E402
 from reasonloom.prompts import DEFAULT_SYSTEM  # noqa: E402
@@ -38,9 +36,7 @@ def row_range(text: str) -> range:
 
 
 async def export(args: argparse.Namespace) -> int:
-    backend = OpenAIBackend(args.model, base_url=args.base_url, api_key="unused",
-                            timeout_s=1800)
-    roles = Roles({"strong": Role(RoleSpec(name="strong", concurrency=256), backend)})
+    roles = pool_roles(args)
     cache = SharedCache(Path(args.cache))
     rows = [json.loads(line) for line in (data_dir() / "gsm8k.jsonl").open()]
     written = 0

@@ -38,14 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (RESULTS, add_pool_arguments, machine, print_table,  # noqa: E402
                                 write_result)
-from benchmarks.adaptive import COMMON, load_problems, paired_ci  # noqa: E402
+from benchmarks.adaptive import COMMON, load_problems, paired_ci, pool_roles  # noqa: E402
 from benchmarks.confidence_signal import auroc  # noqa: E402
 from benchmarks.selection_real import _scores_in_sample_order  # noqa: E402
-from reasonloom.backends.openai import OpenAIBackend  # noqa: E402
 from reasonloom.bench.graders import grade  # noqa: E402
 from reasonloom.orchestrator.cache import SharedCache  # noqa: E402
 from reasonloom.orchestrator.graph import Graph  # noqa: E402
-from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
+from reasonloom.orchestrator.roles import Roles  # noqa: E402
 from reasonloom.orchestrator.scheduler import run  # noqa: E402
 from reasonloom.orchestrator.types import Problem  # noqa: E402
 from reasonloom.strategies.tournament import Comparison, order_inconsistency  # noqa: E402
@@ -288,10 +287,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 async def main(args: argparse.Namespace) -> None:
-    backend = OpenAIBackend(args.model, base_url=args.base_url, api_key="unused",
-                            timeout_s=1800)
-    roles = Roles({"strong": Role(RoleSpec(name="strong", price_in_per_m=0.1,
-                                           price_out_per_m=0.4, concurrency=64), backend)})
+    roles = pool_roles(args, concurrency=64)
     cache = SharedCache(Path(args.cache))
     settings = dict(SETTINGS, **json.loads(args.settings or "{}"))
     split = args.split + args.tag

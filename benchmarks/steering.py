@@ -51,6 +51,7 @@ os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "1800")
 import numpy as np  # noqa: E402
 
 from benchmarks._common import data_dir, machine, print_table, write_result  # noqa: E402
+from benchmarks.adaptive import paired_ci  # noqa: E402
 
 ENGINE = {"enforce_eager": True, "max_model_len": 2048}
 FIRST_REPORT_ROW = 120          # rows before it may feed calibration (pool_traces.py: 0-119)
@@ -61,14 +62,6 @@ PASSES = {"greedy": {"temperature": 0.0, "n": 1}, "sampled": {"temperature": 0.7
 def load_problems(first: int, count: int) -> list[dict]:
     rows = [json.loads(line) for line in (data_dir() / "gsm8k.jsonl").open()]
     return rows[first:first + count]
-
-
-def paired_ci(a: np.ndarray, b: np.ndarray, draws: int = 10_000) -> list[float]:
-    """95% bootstrap interval of mean(a - b) over paired items."""
-    rng = np.random.default_rng(0)
-    diff = a.astype(float) - b.astype(float)
-    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(1)
-    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
 def keyword_census(texts: list[str], separator: str, keywords: tuple[str, ...],
@@ -253,8 +246,6 @@ def main() -> int:
     cfg = CalibrationConfig(seed=args.seed, **({"keywords": keywords} if keywords else {}))
     traces = read_traces(args.traces) if args.traces else arithmetic_traces(800, seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    census = keyword_census([t.trace for t in traces], cfg.separator, cfg.keywords, tokenizer)
-    print(f"calibration traces: {len(traces)}; census {census}", flush=True)
     t0 = time.perf_counter()
     if (work / "vectors" / "manifest.json").exists():
         manifest = read_manifest(work / "vectors")
@@ -262,6 +253,9 @@ def main() -> int:
         info = traces_file_info(args.traces) if args.traces else {"generated": "arithmetic"}
         manifest = calibrate(model, traces, work / "vectors", cfg, traces_info=info)
     calibrate_s = time.perf_counter() - t0
+    census = keyword_census([t.trace for t in traces], manifest.separator, manifest.keywords,
+                            tokenizer)
+    print(f"calibration traces: {len(traces)}; census {census}", flush=True)
     strength = manifest.default_strength if args.strength is None else args.strength
     steering = {"vectors": str(work / "vectors"), "strength": strength, "gate": args.gate,
                 "stats_file": str(work / "steered.stats.json")}
@@ -287,9 +281,9 @@ def main() -> int:
         "engine_start_s": {name: arm["engine_start_s"] for name, arm in arms.items()},
         "census_calibration_traces": census,
         "census_plain_greedy": keyword_census([t[0] for t in plain["greedy"]["texts"]],
-                                              cfg.separator, manifest.keywords, tokenizer),
+                                              manifest.separator, manifest.keywords, tokenizer),
         "census_steered_greedy": keyword_census([t[0] for t in steered["greedy"]["texts"]],
-                                                cfg.separator, manifest.keywords, tokenizer),
+                                                manifest.separator, manifest.keywords, tokenizer),
         "keywords": list(manifest.keywords), "strength": strength, "gate": args.gate,
         "heads_kept": len(manifest.heads), "probe_acc": manifest.probe_acc,
         "probe_acc_ci95": manifest.probe_acc_ci95, "boundaries": manifest.boundaries,

@@ -75,17 +75,17 @@ def test_every_separator_is_a_boundary_labelled_by_the_step_after_it(tokenizer):
 
 
 def test_a_traces_system_prompt_is_rendered_before_its_question(tokenizer):
-    from reasonloom.steering.calibrate import prompt_ids
+    from reasonloom.steering.calibrate import prompt_ids, token_texts
 
     plain = tokenizer.decode(prompt_ids(tokenizer, "What is 2 + 3?"))
-    with_system = tokenizer.decode(prompt_ids(tokenizer, "What is 2 + 3?", "Answer tersely."))
+    head = prompt_ids(tokenizer, "What is 2 + 3?", "Answer tersely.")
+    with_system = tokenizer.decode(head)
     assert "Answer tersely." in with_system and "Answer tersely." not in plain
     assert with_system.index("Answer tersely.") < with_system.index("What is 2 + 3?")
     trace = Trace(question="What is 2 + 3?", system="Answer tersely.", trace="5.\n\nDone.")
-    masks = SeparatorMasks([tokenizer.decode([i]) for i in range(len(tokenizer))], "\n\n")
-    ids, _, _ = boundaries(tokenizer, trace, masks, ("Wait",))
-    assert ids[:len(prompt_ids(tokenizer, "What is 2 + 3?", "Answer tersely."))] == \
-        prompt_ids(tokenizer, "What is 2 + 3?", "Answer tersely.")
+    ids, _, _ = boundaries(tokenizer, trace, SeparatorMasks(token_texts(tokenizer), "\n\n"),
+                           ("Wait",))
+    assert ids[:len(head)] == head
 
 
 def test_balanced_splits_keep_traces_apart_and_classes_equal():

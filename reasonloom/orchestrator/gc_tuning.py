@@ -10,14 +10,16 @@ collected, in fewer, larger passes.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 # new container objects between young passes while a run is active (CPython's default: 700)
 RUN_YOUNG_THRESHOLD = 50_000
 
+T = TypeVar("T")
 _lock = threading.Lock()
 _active_runs = 0
 _saved_thresholds: tuple[int, ...] = ()
@@ -41,3 +43,12 @@ def run_gc_thresholds() -> Iterator[None]:
             _active_runs -= 1
             if _active_runs == 0:
                 gc.set_threshold(*_saved_thresholds)
+
+
+def during_a_run(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Decorates a coroutine function: the raised threshold spans every await of its call."""
+    @functools.wraps(fn)
+    async def wrapped(*args: Any, **kwargs: Any) -> T:
+        with run_gc_thresholds():
+            return await fn(*args, **kwargs)
+    return wrapped

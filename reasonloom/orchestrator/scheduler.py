@@ -14,7 +14,7 @@ from reasonloom.orchestrator.budget import Budget, BudgetExceeded, BudgetSpec
 from reasonloom.orchestrator.cache import CacheMode, RunStore, TieredStore
 from reasonloom.orchestrator.context import SHAPING, PartialStream, RunContext, RunState
 from reasonloom.orchestrator.events import Event, EventBus
-from reasonloom.orchestrator.gc_tuning import run_gc_thresholds
+from reasonloom.orchestrator.gc_tuning import during_a_run
 from reasonloom.orchestrator.graph import PROBLEM, Graph, NodeSpec, Source
 from reasonloom.orchestrator.result import NodeFailure, RunFailed, RunResult
 from reasonloom.orchestrator.roles import Roles
@@ -166,6 +166,7 @@ class Scheduler:
             raise self.budget_error
 
 
+@during_a_run
 async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int = 0,
               budget: BudgetSpec | None = None, cache: CacheMode = "off",
               run_id: str | None = None, subscribers: list[Callable[[Event], None]] = (),
@@ -196,51 +197,50 @@ async def run(graph: Graph, problem: Problem | str, roles: Roles, *, seed: int =
         events.subscribe(recorder)
     state = RunState(run_id=run_id, seed=seed, roles=roles, budget=Budget(budget),
                      events=events, store=store, shaping=shaping)
-    with run_gc_thresholds():   # from the graph's first per-node objects on
-        scheduler = Scheduler(graph, state, problem)
-        shaping_token = SHAPING.set(shaping)   # node tasks copy it when they are created
-        # replicas keep one problem's calls on one server (its prefix cache); the default id "0"
-        # is shared by every ad-hoc question, so those runs are keyed by their run id instead
-        affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
-        t0 = time.time()
-        ended: RunResult | None = None   # what the run ended with, for its record
+    scheduler = Scheduler(graph, state, problem)
+    shaping_token = SHAPING.set(shaping)   # node tasks copy it when they are created
+    # replicas keep one problem's calls on one server (its prefix cache); the default id "0"
+    # is shared by every ad-hoc question, so those runs are keyed by their run id instead
+    affinity_token = AFFINITY_KEY.set(run_id if str(problem.id) == "0" else str(problem.id))
+    t0 = time.time()
+    ended: RunResult | None = None   # what the run ended with, for its record
+    events.emit("run_started", None, run_id=run_id)
 
-        def result(status: str, answer: Answer | None) -> RunResult:
-            ttft = (events.first_answer_t - t0) if events.first_answer_t else None
-            return RunResult(run_id=run_id, recipe=recipe, answer=answer,
-                             outputs=scheduler.outputs, usage=state.ledger.report(),
-                             wall_s=time.time() - t0, ttft_s=ttft, events=kept, status=status,
-                             failures=scheduler.failures, dropped=state.dropped)
+    def result(status: str, answer: Answer | None) -> RunResult:
+        ttft = (events.first_answer_t - t0) if events.first_answer_t else None
+        return RunResult(run_id=run_id, recipe=recipe, answer=answer,
+                         outputs=scheduler.outputs, usage=state.ledger.report(),
+                         wall_s=time.time() - t0, ttft_s=ttft, events=kept, status=status,
+                         failures=scheduler.failures, dropped=state.dropped)
 
-        events.emit("run_started", None, run_id=run_id)
+    try:
         try:
-            try:
-                await scheduler.run()
-            except BudgetExceeded as exc:
-                ended = result("budget_exceeded", state.best)
-                events.emit("run_finished", None, status="budget_exceeded")
-                raise BudgetExceeded(str(exc), partial=ended, best=state.best) from None
-            finally:
-                SHAPING.reset(shaping_token)
-                AFFINITY_KEY.reset(affinity_token)
-            out = graph.output
-            assert out is not None
-            if out.node not in scheduler.outputs:
-                failed = [f for f in scheduler.failures if f.cancelled_because is None]
-                why = "; ".join(f"{f.node}: {f.error}" for f in failed) or "unknown"
-                ended = result("failed", state.best)
-                events.emit("run_finished", None, status="failed")
-                raise RunFailed(f"run {run_id} failed: {why}", ended)
-            ended = result("ok", _as_answer(scheduler.outputs[out.node].get(out.port)))
-            events.emit("run_finished", None, status="ok")
-            return ended
-        except BaseException as exc:
-            # a run stopped from outside (Ctrl-C, a closed connection) is recorded as cancelled
-            stopped = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
-            ended = ended or result("cancelled" if stopped else "failed", state.best)
-            raise
+            await scheduler.run()
+        except BudgetExceeded as exc:
+            ended = result("budget_exceeded", state.best)
+            events.emit("run_finished", None, status="budget_exceeded")
+            raise BudgetExceeded(str(exc), partial=ended, best=state.best) from None
         finally:
-            if recorder is not None and own is not None and ended is not None:
-                own.set_meta(RECORD_KEY, recorder.record(ended, state.ledger))
-            if store is not None and store is not shared_cache:   # its owner closes a shared one
-                store.close()
+            SHAPING.reset(shaping_token)
+            AFFINITY_KEY.reset(affinity_token)
+        out = graph.output
+        assert out is not None
+        if out.node not in scheduler.outputs:
+            failed = [f for f in scheduler.failures if f.cancelled_because is None]
+            why = "; ".join(f"{f.node}: {f.error}" for f in failed) or "unknown"
+            ended = result("failed", state.best)
+            events.emit("run_finished", None, status="failed")
+            raise RunFailed(f"run {run_id} failed: {why}", ended)
+        ended = result("ok", _as_answer(scheduler.outputs[out.node].get(out.port)))
+        events.emit("run_finished", None, status="ok")
+        return ended
+    except BaseException as exc:
+        # a run stopped from outside (Ctrl-C, a closed connection) is recorded as cancelled
+        stopped = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+        ended = ended or result("cancelled" if stopped else "failed", state.best)
+        raise
+    finally:
+        if recorder is not None and own is not None and ended is not None:
+            own.set_meta(RECORD_KEY, recorder.record(ended, state.ledger))
+        if store is not None and store is not shared_cache:   # its owner closes a shared one
+            store.close()
