@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from reasonloom.backends.errors import CapabilityMissing, ServerError
 from reasonloom.backends.scripted import ScriptedBackend
 from reasonloom.orchestrator.budget import Budget, BudgetSpec
 from reasonloom.orchestrator.context import RunContext, RunState
@@ -25,7 +26,8 @@ from reasonloom.strategies.chunked import (FALLBACK_MARGIN, ChunkedConfig, Docum
                                            split_tokens)
 from reasonloom.strategies.chunked_prompts import MANAGER_SYSTEM
 
-from chunked_support import chunked_graph, reader_roles
+from chunked_support import chunked_graph, reader_roles, reading_context
+from chunked_support import lines_document as _document
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +83,8 @@ def _smollm_backend():
 def test_document_chunks_by_real_tokens_cover_the_text_in_order(text, chunk, data):
     backend = _smollm_backend()
     overlap = data.draw(st.integers(0, chunk - 1))
-    doc = asyncio.run(cut_document(backend, text, chunk, overlap))
+    ctx, role = reading_context(backend)
+    doc = asyncio.run(cut_document(ctx, role, text, chunk, overlap))
     ids = backend.tokenizer.encode(text, add_special_tokens=False)
     assert doc.exact and doc.n_tokens == len(ids)
     assert doc.spans == split_tokens(len(ids), chunk, overlap)
@@ -104,21 +107,76 @@ def test_document_chunks_by_real_tokens_cover_the_text_in_order(text, chunk, dat
 @given(text=st.text(min_size=1, max_size=600), chunk=st.integers(2, 50), data=st.data())
 def test_character_fallback_covers_the_text_when_the_backend_cannot_tokenize(text, chunk, data):
     overlap = data.draw(st.integers(0, chunk - 1))
-    doc = asyncio.run(cut_document(ScriptedBackend(), text, chunk, overlap))
-    assert not doc.exact
+    ctx, role = reading_context(ScriptedBackend())
+    doc = asyncio.run(cut_document(ctx, role, text, chunk, overlap))
+    assert not doc.exact and not ctx.state.ledger.records   # no tokenizer call was tried
     assert doc.chunk == max(1, int(chunk * FALLBACK_MARGIN)) and doc.overlap < doc.chunk
     rebuilt = doc.texts[0] + "".join(t[doc.overlap * 3:] for t in doc.texts[1:])
     assert rebuilt == text
     assert all(len(t) <= doc.chunk * 3 for t in doc.texts)
 
 
+class _CharTokenizer(ScriptedBackend):
+    """A backend whose tokens are characters, whose first tokenizer call of each kind fails
+    with a retryable server error, and which counts its tokenizer calls."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failed: set[str] = set()
+
+    @property
+    def capabilities(self):
+        return super().capabilities.model_copy(update={"tokenize": True})
+
+    def _flaky(self, kind: str) -> None:
+        if kind not in self.failed:
+            self.failed.add(kind)
+            raise ServerError(f"{kind} hiccup")
+
+    async def tokenize(self, text):
+        self._flaky("tokenize")
+        return [ord(c) for c in text]
+
+    async def detokenize(self, ids):
+        self._flaky("detokenize")
+        return "".join(chr(i) for i in ids)
+
+
+def test_the_document_is_cut_by_the_roles_tokens_through_recorded_retried_calls():
+    text = _document(40, 39)
+    ctx, role = reading_context(_CharTokenizer())
+    doc = asyncio.run(cut_document(ctx, role, text, 300, 30))
+    assert doc.exact and doc.n_tokens == len(text) and doc.spans == split_tokens(len(text),
+                                                                                   300, 30)
+    assert doc.texts == [text[s:e] for s, e in doc.spans]
+    # tokenize, then one detokenize call for every chunk: each failed once and was retried
+    records = [(r.kind, r.call_key, r.ok, r.prompt_tokens + r.completion_tokens)
+               for r in ctx.state.ledger.records]
+    assert records == [("tokenize", "tokenize", False, 0), ("tokenize", "tokenize", True, 0),
+                       ("tokenize", "detokenize", False, 0), ("tokenize", "detokenize", True, 0)]
+    result = asyncio.run(run(chunked_graph(chunk_tokens=300, overlap_tokens=30,
+                                           worker_role="cheap", manager_role="strong"),
+                             _problem(text), reader_roles(_CharTokenizer(_reader))))
+    details, usage = result.answer.details, result.usage.by_model["cheap"]
+    assert details["exact_tokens"] and details["spans"] == [list(s) for s in doc.spans]
+    assert usage.calls == details["workers"] + 4 and usage.failed_calls == 2
+
+
+def test_a_backend_that_tokenizes_but_cannot_detokenize_falls_back_to_characters():
+    class NoDecode(_CharTokenizer):
+        async def detokenize(self, ids):
+            raise CapabilityMissing("no /detokenize")
+
+    backend = NoDecode(_reader)
+    ctx, role = reading_context(backend)
+    doc = asyncio.run(cut_document(ctx, role, "word " * 300, 100, 10))
+    assert not doc.exact and doc.chunk == int(100 * FALLBACK_MARGIN)
+    # tokenize failed once (retried); detokenize's CapabilityMissing is recorded, not retried
+    assert [(r.call_key, r.ok) for r in ctx.state.ledger.records] == [
+        ("tokenize", False), ("tokenize", True), ("detokenize", False)]
+
+
 # -- the two modes on a scripted backend ---------------------------------------------------------
-def _document(n_lines: int, needle_line: int, code: str = "7391") -> str:
-    lines = [f"Line {i}: the weather was mild and nothing happened." for i in range(n_lines)]
-    lines[needle_line] = f"Line {needle_line}: the secret code is {code}."
-    return "\n".join(lines)
-
-
 def _reader(req, index) -> str:
     """Workers report the code only if their part shows it; the manager repeats a report."""
     system, user = req.messages[0].content, req.messages[-1].content
@@ -134,7 +192,23 @@ def _problem(context: str) -> Problem:
     return Problem.from_text("What is the secret code?", context=context)
 
 
-def test_parallel_workers_report_their_chunk_and_the_manager_sees_only_found_reports():
+def test_by_default_the_parallel_manager_reads_every_report_as_the_paper_does():
+    seen: list[str] = []
+
+    def reader(req, index):
+        if req.messages[0].content == MANAGER_SYSTEM:
+            seen.append(req.messages[-1].content)
+        return _reader(req, index)
+
+    result = asyncio.run(run(chunked_graph(chunk_tokens=120, overlap_tokens=20),
+                             _problem(_document(40, 39)), reader_roles(ScriptedBackend(reader))))
+    details = result.answer.details
+    assert details["evidence"] == "none" and details["shown"] == list(range(details["workers"]))
+    assert seen[0].count("not found") == details["workers"] - 1
+    assert result.answer.text == "The code is 7391." and details["answered_by"] == "manager"
+
+
+def test_drop_not_found_shows_the_manager_only_the_reports_that_found_something():
     backend = ScriptedBackend(_reader)
     doc = _document(40, 39)            # the needle is the document's last line
     seen: list[str] = []
@@ -146,7 +220,8 @@ def test_parallel_workers_report_their_chunk_and_the_manager_sees_only_found_rep
 
     backend.responder = reader
     result = asyncio.run(run(chunked_graph(chunk_tokens=120, overlap_tokens=20, worker_role="cheap",
-                                    manager_role="strong"), _problem(doc), reader_roles(backend)))
+                                           manager_role="strong", drop_not_found=True),
+                             _problem(doc), reader_roles(backend)))
     answer = result.answer
     assert answer.answer == "The code is 7391."
     found = answer.details["found"]
@@ -185,8 +260,9 @@ def test_sequential_workers_pass_their_notes_forward_and_the_manager_reads_the_l
     assert result.answer.answer == "The code is 7391."
 
 
-def test_sequential_notes_survive_not_found_and_made_up_reports():
-    """CoA's weak spot: a later worker that finds nothing, or invents, must not erase the notes."""
+def test_with_quote_evidence_sequential_notes_survive_not_found_and_made_up_reports():
+    """CoA's weak spot: a later worker that finds nothing, or invents, must not erase the notes
+    (evidence: quote, opt-in)."""
     calls = []
 
     def reader(req, index):
@@ -201,43 +277,12 @@ def test_sequential_notes_survive_not_found_and_made_up_reports():
         return "NOT FOUND" if len(calls) % 2 else "the secret code is 1234"   # 1234 is nowhere
 
     backend = ScriptedBackend(reader)
-    result = asyncio.run(run(chunked_graph(mode="sequential", chunk_tokens=120, overlap_tokens=0),
+    result = asyncio.run(run(chunked_graph(mode="sequential", chunk_tokens=120, overlap_tokens=0,
+                                           evidence="quote"),
                              _problem(_document(40, 2)), reader_roles(backend)))
     verdicts = [c.details["verdict"] for c in result.answer.candidates]
     assert verdicts[0] == "quoted" and "not in its part: 1234" in verdicts
     assert result.answer.answer == "The code is 7391."
-
-
-def test_parallel_manager_sees_no_invented_or_echoed_reports_and_gets_the_exact_identifier():
-    """Weak workers (seen: SmolLM2-135M) never say "not found": they echo the question's key or
-    invent an identifier of the right shape. Only the quote of the needle's part reaches the
-    manager, and the manager's garbled copy of it is repaired to the document's exact text."""
-    code = "7f3a9c2e-55b1-4d0e-9a8f-1c2d3e4f5a6b"
-    seen: list[str] = []
-
-    def reader(req, index):
-        user = req.messages[-1].content
-        if req.messages[0].content == MANAGER_SYSTEM:
-            seen.append(user)
-            return "The value is 7f3a9c2e-55b1-4d0e-9a8f-1c2d3e4fffff."   # tail miscopied
-        part = user.split("Part ", 1)[1]
-        if code in part:
-            return f"The value is {code}."
-        return ("The value of key-0042 is: key-0042" if "Line 1:" in part
-                else "The value is 00000000-55b1-4d0e-9a8f-000000000000.")
-
-    doc = _document(40, 30, code=code)
-    problem = Problem.from_text("What is the value of key-0042?", context=doc)
-    result = asyncio.run(run(chunked_graph(chunk_tokens=120, overlap_tokens=30), problem,
-                             reader_roles(ScriptedBackend(reader))))
-    details = result.answer.details
-    assert sum(details["found"]) >= 1 and not all(details["found"])
-    assert len(seen) == 1 and seen[0].count("\n#") == sum(details["found"])
-    assert "00000000" not in seen[0] and code in seen[0]
-    assert code in result.answer.text and details["manager_text"] != result.answer.text
-    verdicts = {c.details["verdict"] for c in result.answer.candidates}
-    assert "repeats the question" in verdicts and any(v.startswith("not in its part") for v in
-                                                       verdicts)
 
 
 def _refused(graph: Graph, roles: Roles, backend: ScriptedBackend, **kwargs) -> str:
@@ -314,7 +359,7 @@ def test_long_context_recipe_accepts_32k_token_documents_within_its_budget():
                                   budget=Budget(recipe.spec.budget)), name)
         question = "Which shipment arrived from Bergen, and on which day?"
         chunk, overlap, base = plan_reading(question, worker, cfg, name)
-        doc = asyncio.run(cut_document(worker.backend, filler * (n_tokens // per_line),
+        doc = asyncio.run(cut_document(ctx, worker, filler * (n_tokens // per_line),
                                        chunk, overlap))
         return check_reading(doc, question, base, worker, manager, cfg, ctx)
 

@@ -1,175 +1,78 @@
-"""How the chunked node reads its workers' reports: what counts as evidence, the source
-record a quote came from, codes the question names, Chain-of-Agents notes, and the manager's
-answer checked against what it was shown (scripted backend)."""
+"""What the chunked node makes of its workers' reports on its default path (the papers:
+nothing is checked, nothing is rewritten) and with the generic, opt-in `evidence: quote`
+(a report must quote its part; one that does not is dropped, never repaired). Scripted backend."""
 from __future__ import annotations
 
 import asyncio
-import re
 
 import pytest
 
 from reasonloom.backends.scripted import ScriptedBackend
 from reasonloom.orchestrator.scheduler import run
 from reasonloom.orchestrator.types import Problem
-from reasonloom.strategies.chunked_evidence import ground_report
+from reasonloom.strategies.chunked import ChunkedConfig
+from reasonloom.strategies.chunked_evidence import quotes_its_part
 from reasonloom.strategies.chunked_prompts import MANAGER_SYSTEM
 
-from chunked_support import GOLD, KEY, KEYS, VALUES, chunked_graph, json_line, reader_roles
+from chunked_support import GOLD, KEY, KEYS, chunked_graph, json_line, reader_roles
+
+PART = "The museum opened in 1932. Its first director was Ana Ruiz. Code 7391."
 
 
 @pytest.mark.parametrize("report,grounded,reason", [
     ("NOT FOUND", False, "not found"),
-    ("The director is key-0042.", False, "repeats the question"),
-    ("The value associated with the key is key-0042", False, "quotes nothing of its part"),
+    ("The director is key-0042.", False, "quotes nothing of its part"),
     ("The code is 4821.", False, "not in its part: 4821"),
+    ("The code is 7392.", False, "not in its part: 7392"),   # a near copy is not repaired
     ("Its first director was Ana Ruiz.", True, "quoted"),
     ("The museum opened in 1932.", True, "quoted"),
 ])
-def test_a_report_is_evidence_only_if_it_quotes_its_part(report, grounded, reason):
-    part = "The museum opened in 1932. Its first director was Ana Ruiz. Code 7391."
-    verdict = ground_report(report, [part], "Who was the first director? (key-0042)")
+def test_a_quote_counts_only_if_its_words_stand_in_its_part(report, grounded, reason):
+    verdict = quotes_its_part(report, [PART], "Who was the first director? (key-0042)")
     assert verdict.grounded is grounded and verdict.reason == reason
+    assert verdict.text == report and not verdict.repaired   # never rewritten
 
 
-def test_a_long_identifier_copied_with_a_wrong_tail_is_repaired_to_the_part():
-    part = '{"k1": "0fb435ae-7ba8-4da6-af19-ec281ea9860d", "k2": "2ba9e0f6-0cf5-4a21-aecc-b67a96ffb18a"}'
-    verdict = ground_report("It is 0fb435ae-7ba8-4da6-aecc-b67a96ffb18a.", [part], "Key k1?")
-    assert verdict.grounded and "0fb435ae-7ba8-4da6-af19-ec281ea9860d" in verdict.text
-    # a short number is never "repaired" into another one
-    assert not ground_report("It is 7392.", ["Code 7391."], "Which code?").grounded
+def test_the_papers_overlap_is_128_tokens_for_parallel_workers_and_none_for_a_chain():
+    assert ChunkedConfig().overlap == 128
+    assert ChunkedConfig(mode="sequential").overlap == 0
+    assert ChunkedConfig(mode="sequential", overlap_tokens=40).overlap == 40
+    assert ChunkedConfig().evidence == "none" and not ChunkedConfig().drop_not_found
 
 
-# -- refusing what the run cannot afford ----------------------------------------------------------
-
-
-def test_the_manager_reads_the_reports_and_sentences_that_mention_what_is_asked():
-    from reasonloom.strategies.chunked import ChunkedConfig, select_evidence
-    from reasonloom.strategies.chunked_evidence import Evidence, relevant_sentences
-
-    question = "What is the secret code?"
-    reports = ["The cat slept on the warm stones.", "The secret code is 4898."]
-    evidence = [Evidence(text=r, grounded=True, reason="quoted") for r in reports]
-    assert select_evidence(reports, evidence, ChunkedConfig(), question) == [(1, reports[1])]
-    # nothing mentions the question: every verified report stays
-    assert len(select_evidence(reports[:1], evidence[:1], ChunkedConfig(), question)) == 1
-    assert relevant_sentences("Rain was expected. The secret code is 4898.", question) \
-        == "The secret code is 4898."
-    assert relevant_sentences("Rain was expected.", question) == "Rain was expected."
-
-
-def test_a_quoted_fragment_is_shown_as_the_record_it_was_copied_from():
-    """A weak worker copies a value without its key; the manager reads the part's own record
-    (the JSON line is cut into records because it is longer than one sentence should be)."""
-    from reasonloom.strategies.chunked_evidence import segments
-
-    part = json_line([KEYS[0], KEY, KEYS[1], KEYS[2]])
-    assert len(segments(part)) == 4 and segments("Short. Two sentences.") == ["Short.",
-                                                                             "Two sentences."]
-    verdict = ground_report(f"The value is {GOLD}.", [part], f'Key: "{KEY}"')
-    assert verdict.grounded and verdict.source == f'"{KEY}": "{GOLD}",'
-    # prose: the sentence holding most of the quoted words, not every sentence with one of them
-    prose = "The code of the gate was changed. Its first director was Ana Ruiz. Ruiz left."
-    verdict = ground_report("Ana Ruiz", [prose], "Who was the first director?")
-    assert verdict.source == "Its first director was Ana Ruiz."
-
-
-def test_the_parallel_manager_reads_the_source_record_and_picks_the_one_with_the_asked_key():
-    key, gold, other = KEY, GOLD, VALUES[KEYS[1]]
+def _kv_document() -> str:
     filler = " ".join(f"Filler sentence number {i} says little." for i in range(60))
-    doc = f"{filler}\n{json_line([KEYS[0], KEY, KEYS[1]])}\n{filler}"
-    seen: list[str] = []
+    return f"{filler}\n{json_line([KEYS[0], KEY, KEYS[1]])}\n{filler}"
 
+
+def _echoing_manager(seen: list[str]):
+    """Workers: the part holding the key repeats the key (no value); others copy a UUID that
+    is nowhere in the document. The manager repeats the question's key."""
     def reader(req, index):
         user = req.messages[-1].content
         if req.messages[0].content == MANAGER_SYSTEM:
             seen.append(user)
-            return gold if key in user.split("Reports:")[1] else "unknown"
-        part = user.split("Part ", 1)[1]
-        # a weak worker: a bare value of its part, the wrong one as often as the right one
-        return f"It is {other}." if other in part and index % 2 else (
-            f"It is {gold}." if gold in part else "not found")
-
-    problem = Problem.from_text(f'What is the value of key "{key}"?', context=doc)
-    result = asyncio.run(run(chunked_graph(chunk_tokens=150, overlap_tokens=40), problem,
-                             reader_roles(ScriptedBackend(reader))))
-    assert result.answer.answer == gold
-    shown = seen[0].split("Reports:")[1]
-    assert f'"{key}": "{gold}"' in shown and other not in shown
+            return f"The value is {KEY}."
+        part = user.split("Part ", 1)[1].split("\n\nQuestion:")[0]
+        return f"The value is {KEY}." if KEY in part else \
+            "The value is 00000000-55b1-4d0e-9a8f-000000000000."
+    return reader
 
 
-def _read_in_sequence(doc: str, worker, overlap: int = 0):
-    """Chain-of-Agents over `doc` asking for KEY's value; `worker(part)` writes each report.
-    Returns (result, the notes each worker was given)."""
-    notes_seen: list[str] = []
-
-    def reader(req, index):
-        user = req.messages[-1].content
-        if req.messages[0].content == MANAGER_SYSTEM:
-            return user.split("whole document:\n")[1].split("\n")[0]
-        notes_seen.append(user.split("Notes from the parts before:\n")[1].split("\n\n")[0])
-        return worker(user.split("Part ", 1)[1])
-
-    problem = Problem.from_text(f'What is the value of key "{KEY}"?', context=doc)
-    result = asyncio.run(run(chunked_graph(mode="sequential", chunk_tokens=120, overlap_tokens=overlap),
-                             problem, reader_roles(ScriptedBackend(reader))))
-    return result, notes_seen
-
-
-def test_sequential_notes_that_answer_the_question_are_not_replaced_by_ones_that_do_not():
-    filler = " ".join(f"Filler sentence {i} mentions code-{i:04d}." for i in range(90))
-
-    def worker(part: str) -> str:
-        if GOLD in part:
-            return f"The value of {KEY} is {GOLD}."
-        return f"The part mentions {re.findall(r'code-[0-9]{4}', part)[0]}."   # beside the point
-
-    result, notes_seen = _read_in_sequence(f'"{KEY}": "{GOLD}". {filler}', worker)
-    assert result.answer.details["workers"] >= 3
-    assert all(GOLD in notes for notes in notes_seen[1:]) and GOLD in result.answer.text
-
-
-def test_a_report_repeating_the_asked_key_points_at_its_record_only_where_the_part_holds_it():
-    question = f'What is the value of key "{KEY}"?'
-    echo = f"The value associated with the specified key is: {KEY}"
-    holding = ground_report(echo, [json_line([KEYS[0], KEY, KEYS[1], KEYS[2]])], question)
-    assert holding.grounded and holding.reason == "points at the asked code"
-    assert holding.text == holding.source == f'"{KEY}": "{GOLD}",'
-    elsewhere = ground_report(echo, [json_line(KEYS)], question)
-    assert not elsewhere.grounded and elsewhere.reason == "quotes nothing of its part"
-    # prose words of the question are no pointer: only codes nobody writes by chance
-    assert not ground_report("the secret code", ["The secret code is 4898."],
-                             "What is the secret code?").grounded
-
-
-def test_a_question_naming_a_code_is_mentioned_only_by_reports_naming_that_code():
-    from reasonloom.strategies.chunked_evidence import mentions_the_question
-
-    question = f'Key: "{KEY}"\nThe value associated with the specified key is:'
-    assert not mentions_the_question(f"The value associated with the specified key is {GOLD}",
-                                     question)
-    assert mentions_the_question(f'"{KEY}": "{GOLD}",', question)
-    assert mentions_the_question("The secret code is 4898.", "What is the secret code?")
-
-
-def test_sequential_notes_take_the_source_record_when_only_it_names_the_asked_key():
-    filler = " ".join(f"Filler sentence {i} says little." for i in range(90))
-    doc = f'{filler} {json_line([KEYS[0], KEY, KEYS[1]])} {filler}'
-    result, notes_seen = _read_in_sequence(
-        doc, lambda part: f"The value is {GOLD}." if GOLD in part else "not found", overlap=40)
-    assert f'"{KEY}": "{GOLD}"' in notes_seen[-1] and GOLD in result.answer.text
-
-
-def test_a_manager_answer_that_repeats_the_question_gives_way_to_what_the_evidence_adds():
-    from reasonloom.strategies.chunked_evidence import check_answer
-
-    question = f'Key: "{KEY}"\nThe value associated with the specified key is:'
-    shown = [f'"{KEY}": "{GOLD}",']
-    echo = f"The value associated with the specified key is {KEY}."
-    assert check_answer(echo, shown, question) == (GOLD, [], "evidence (the manager "
-                                                            "repeated the question)")
-    answer = f"The value associated with the specified key is {GOLD}."
-    assert check_answer(answer, shown, question) == (answer, [], "manager")
-    # evidence that does not mention the question is not an answer to it
-    assert check_answer(echo, [f'"{KEYS[0]}": "{GOLD}",'], question)[2] == "manager"
-    assert check_answer("The secret code.", ["The secret code is 4898."],
-                        "What is the secret code?")[0] == "4898"
+@pytest.mark.parametrize("evidence", ["none", "quote"])
+def test_without_kv_lookup_the_answer_is_the_managers_own_and_no_line_replaces_it(evidence):
+    """The kv-only repairs would turn the key-repeating report into its record and the
+    manager's echo into the gold value; the default and `quote` paths must not."""
+    seen: list[str] = []
+    problem = Problem.from_text(f'What is the value of key "{KEY}"?', context=_kv_document())
+    result = asyncio.run(run(chunked_graph(chunk_tokens=150, overlap_tokens=40, evidence=evidence),
+                             problem, reader_roles(ScriptedBackend(_echoing_manager(seen)))))
+    details = result.answer.details
+    assert result.answer.text == f"The value is {KEY}." and GOLD not in result.answer.text
+    assert details["answered_by"] == "manager" and details["answer_repairs"] == []
+    assert GOLD not in seen[0]                       # no record was put in a report's place
+    if evidence == "none":
+        assert "00000000-55b1" in seen[0]            # the papers: every report is shown
+    else:                                            # quote: the invented UUID is dropped
+        assert "00000000-55b1" not in seen[0]
+        assert not any(details["found"])             # repeating the key quotes nothing new

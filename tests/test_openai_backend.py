@@ -97,3 +97,53 @@ def test_missing_capabilities_raise_before_any_request():
             asyncio.run(call)
     with pytest.raises(ValueError, match="unknown options"):
         OpenAIBackend(MODEL_NAME, base_url=dead_url(), temprature=0.5)
+
+
+@engine
+def test_detokenize_inverts_tokenize_on_the_server(backend, tokenizer, arun):
+    ids = arun(backend.tokenize(SCORED_TEXT))
+    assert arun(backend.detokenize(ids)) == SCORED_TEXT
+    assert arun(backend.detokenize(ids[3:9])) == tokenizer.decode(ids[3:9])
+
+
+def _served_by(monkeypatch, handler) -> list:
+    """OpenAIBackend's httpx clients answered by `handler` (httpx's mock transport)."""
+    import httpx
+
+    seen: list = []
+    real = httpx.AsyncClient
+
+    def answer(request):
+        seen.append(request)
+        return handler(request)
+
+    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: real(
+        transport=httpx.MockTransport(answer), **kw))
+    return seen
+
+
+def test_detokenize_posts_the_ids_to_the_servers_detokenize_route(monkeypatch):
+    import asyncio
+    import json
+
+    import httpx
+
+    seen = _served_by(monkeypatch, lambda request: httpx.Response(200, json={"prompt": "Red, or"}))
+    backend = OpenAIBackend(MODEL_NAME, base_url="http://10.0.0.9:8000/v1")
+    assert asyncio.run(backend.detokenize([49, 50, 51])) == "Red, or"
+    assert str(seen[0].url) == "http://10.0.0.9:8000/detokenize"
+    assert json.loads(seen[0].content) == {"model": MODEL_NAME, "tokens": [49, 50, 51]}
+
+
+def test_a_server_without_detokenize_raises_capability_missing_naming_the_route(monkeypatch):
+    import asyncio
+
+    import httpx
+
+    _served_by(monkeypatch, lambda request: httpx.Response(404, json={"detail": "Not Found"}))
+    backend = OpenAIBackend(MODEL_NAME, base_url="http://10.0.0.9:8000/v1")
+    with pytest.raises(CapabilityMissing, match="has no /detokenize endpoint"):
+        asyncio.run(backend.detokenize([1, 2]))
+    bare = OpenAIBackend(MODEL_NAME, base_url=dead_url(), tokenize=False)
+    with pytest.raises(CapabilityMissing, match="cannot do detokenize"):
+        asyncio.run(bare.detokenize([1, 2]))

@@ -3,7 +3,8 @@ vLLM's `api_server`, and the like), through the openai SDK's `AsyncOpenAI`.
 
 The SDK's own retries are off (`max_retries=0`): the orchestrator retries, so every attempt
 reaches the ledger. SDK and transport errors become the typed errors of backends/errors.py.
-vLLM extras (prompt log-probs, continuing a final assistant message, `/tokenize`) are used
+vLLM extras (prompt log-probs, continuing a final assistant message, `/tokenize` and
+`/detokenize`) are used
 where `capabilities` says the server has them; elsewhere those calls raise CapabilityMissing.
 
 Example:
@@ -342,7 +343,7 @@ class OpenAIBackend(Backend):
         scored.served_by = self.served_for(resp)   # type: ignore[attr-defined]
         return scored
 
-    # -- the server's /tokenize -------------------------------------------------------------------
+    # -- the server's /tokenize and /detokenize -------------------------------------------------------------------
     async def _post_server(self, path: str, body: dict[str, Any], purpose: str) -> Any:
         import httpx
 
@@ -366,6 +367,14 @@ class OpenAIBackend(Backend):
         out = await self._post_server("/tokenize", {"model": self.server_model, "prompt": text,
                                                     "add_special_tokens": False}, "tokenize")
         return list(out["tokens"])
+
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        """Token ids back to text through vLLM's `/detokenize`; a server without the route
+        raises CapabilityMissing naming it."""
+        self.require("tokenize", "detokenize")
+        out = await self._post_server("/detokenize", {"model": self.server_model,
+                                                      "tokens": list(ids)}, "detokenize")
+        return str(out["prompt"])
 
     async def _tokenize_chat(self, messages: list[dict[str, str]],
                              flags: Mapping[str, bool]) -> list[int]:

@@ -70,7 +70,9 @@ class ScriptedBackend(Backend):
     def capabilities(self) -> Capabilities:
         return Capabilities(n=self._supports_n, logprobs=self._logprobs,
                             prompt_logprobs=self._logprobs,
-                            context_length=1_000_000)
+                            # its ids are word hashes with no way back to text: nothing to cut
+                            # a document by (chunked falls back to characters)
+                            context_length=1_000_000, tokenize=False)
 
     def _count(self, text: str) -> int:
         return max(1, len(text.split()))

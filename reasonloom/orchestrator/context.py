@@ -342,3 +342,27 @@ class RunContext:
             self.state.store.put(key, {"tokens": [t.model_dump(mode="json") for t in scored],
                                        "prompt_tokens": estimate, "model": role.model_id})
         return scored
+
+    async def tokenize(self, role: Role | str, text: str, call_key: str) -> list[int]:
+        """The role's token ids of `text` (no special tokens): recorded as kind `tokenize`
+        with 0 model tokens, retried like any call (a served tokenizer is a request)."""
+        role = self.roles.pick(role) if isinstance(role, str) else role
+
+        async def attempt(progress: Progress) -> tuple[list[int], Outcome]:
+            return list(await role.backend.tokenize(text)), Outcome(0)
+
+        return await call_pipeline(self, role, "tokenize", call_key, attempt, prompt_estimate=0,
+                                   max_out=0)
+
+    async def detokenize(self, role: Role | str, pieces: Sequence[Sequence[int]],
+                         call_key: str) -> list[str]:
+        """Each id sequence back to its text with the role's tokenizer: one recorded call
+        (kind `tokenize`) for all the pieces, retried as a whole."""
+        role = self.roles.pick(role) if isinstance(role, str) else role
+
+        async def attempt(progress: Progress) -> tuple[list[str], Outcome]:
+            texts = await asyncio.gather(*(role.backend.detokenize(ids) for ids in pieces))
+            return list(texts), Outcome(0)
+
+        return await call_pipeline(self, role, "tokenize", call_key, attempt, prompt_estimate=0,
+                                   max_out=0)

@@ -8,7 +8,9 @@ from pydantic import BaseModel
 
 from reasonloom.orchestrator.types import Usage
 
-CallKind = Literal["generate", "stream", "score"]
+# "tokenize": a tokenizer call (encode or decode text), 0 model tokens: recorded and retried
+# like the others because a served tokenizer is a network call.
+CallKind = Literal["generate", "stream", "score", "tokenize"]
 
 
 @dataclass(slots=True)

@@ -6,12 +6,13 @@
 * `sequential`: Chain-of-Agents (Zhang et al., arXiv 2406.02818): worker i reads chunk i plus
   the notes of worker i-1 and writes new notes; the manager answers from the last notes.
 
-The document is cut by TOKENS with a true overlap, and every token lands in a chunk (the
-reference code cuts by characters and never reads the last ~(n-1)*2048 characters). Workers
-copy the words that answer the question or say NOT FOUND; a report that quotes nothing of its
-part is not evidence and is not shown to the manager, nor written into the notes; the
-parallel manager reads the part's own sentence or record a report quoted from
-(chunked_evidence.py says why a weak model needs this).
+The document is cut by TOKENS of the worker role's own tokenizer (through the run context:
+recorded, retried) with a true overlap, and every token lands in a chunk (the reference code
+cuts by characters and never reads the last ~(n-1)*2048 characters). By default the node is
+the papers' algorithm and nothing more: every report reaches the manager, notes pass on as
+written, the manager's answer is final. `evidence: quote` (a report must quote its part) and
+`evidence: kv_lookup` (repairs for key-value retrieval only) are opt-in: chunked_evidence.py
+and chunked_kv_lookup.py.
 
 Example (a scripted backend cannot tokenize, so 3-character units stand in for tokens):
     >>> import asyncio
@@ -41,10 +42,10 @@ from reasonloom.orchestrator.registry import register_node
 from reasonloom.orchestrator.roles import Role
 from reasonloom.orchestrator.types import (Answer, Candidate, Candidates, FrozenModel, Message,
                                            Problem)
-from reasonloom.strategies.chunked_evidence import (Evidence, check_answer, ground_report,
-                                                    mentions_the_question, relevant_sentences)
-from reasonloom.strategies.chunked_prompts import (manager_messages, says_not_found,
-                                                   worker_messages)
+from reasonloom.strategies.chunked_evidence import Evidence, as_reported, quotes_its_part
+from reasonloom.strategies.chunked_kv_lookup import (check_answer, kv_judge, kv_select,
+                                                     kv_updates_notes, relevant_sentences)
+from reasonloom.strategies.chunked_prompts import manager_messages, worker_messages
 
 # Chat-template tokens per message (role markers, separators); the runtime's budget estimate
 # uses the same figure.
@@ -71,9 +72,10 @@ class ChunkedConfig(FrozenModel):
     chunk_tokens: int | None = Field(None, ge=1)
     # Tokens shared by consecutive chunks, so a fact cut at a boundary is whole in one chunk:
     # keep it at least as long as the longest fact (sentence, record) the question may need.
-    # The reference uses 2048 characters (~500 tokens) with 4k-token workers; 128 keeps more
-    # of a 2k window for new text. Chain-of-Agents uses none (its notes carry the context).
-    overlap_tokens: int = Field(128, ge=0)
+    # None = the papers': parallel 128 (the reference uses 2048 characters, ~500 tokens, with
+    # 4k-token workers; 128 keeps more of a 2k window for new text), sequential 0
+    # (Chain-of-Agents chunks do not overlap: the notes carry the context).
+    overlap_tokens: int | None = Field(None, ge=0)
     max_workers: int = Field(64, ge=1)          # refuse longer documents before any call
     context_length: int | None = Field(None, ge=64)  # override the worker backend's window
     # Enough for a quoted sentence or a 36-character identifier (~33 SmolLM2 tokens) plus a
@@ -85,30 +87,30 @@ class ChunkedConfig(FrozenModel):
     # After the question; None = the default (chunked_prompts), "" = none.
     worker_instruction: str | None = None
     manager_instruction: str | None = None
-    # Hide "not found" (and, with verify_evidence, unverified) reports from the manager unless
-    # no report is left: a weak manager is distracted by them (the paper's "aggregator
-    # noise"); the reference shows them all.
-    drop_not_found: bool = True
-    # A report counts as evidence only if it quotes its part (chunked_evidence.ground_report):
-    # something the question did not say, every number or code found in the part, near-verbatim
-    # copies of long words repaired to the part's exact words; the manager's answer is repaired
-    # against the evidence it was shown, and one that only repeats the question gives way to
-    # what that evidence says beyond it. In sequential mode an unverified report leaves the
-    # notes as they were. Turn off for tasks whose reports compute rather than quote (counts,
-    # sums, summaries).
-    verify_evidence: bool = True
-    # With verify_evidence: the parallel manager reads the part's own sentence or record that
-    # a report quoted from, not the report: a weak worker copies a fragment (a value without
-    # its key) that only its source sentence explains. Chain-of-Agents notes stay the workers'
-    # own words (they accumulate what earlier parts said) unless only the source sentence
-    # mentions what the question asks about.
-    show_sources: bool = True
+    # With evidence: none, hide reports that say NOT FOUND from the parallel manager, and keep
+    # a Chain-of-Agents worker's NOT FOUND from erasing the notes: a weak manager is distracted
+    # by them (the paper's "aggregator noise"). Off = the papers (the reference shows them all).
+    drop_not_found: bool = False
+    # What counts as a report (chunked_evidence.py). "none" = the papers: every report. "quote"
+    # (generic, opt-in): a report must quote its part, or it is dropped; not for tasks whose
+    # reports compute rather than quote (counts, sums, summaries). "kv_lookup" (key-value
+    # retrieval ONLY, opt-in): "quote" plus repairs of garbled identifiers, asked keys turned
+    # into their records, and a manager answer that repeats the question replaced by a record's
+    # text (chunked_kv_lookup.py); `details.answered_by` says when the answer is not the
+    # manager's own.
+    evidence: Literal["none", "quote", "kv_lookup"] = "none"
     stream_answer: bool = False                 # stream the manager's answer to the caller
+
+    @property
+    def overlap(self) -> int:
+        if self.overlap_tokens is not None:
+            return self.overlap_tokens
+        return 128 if self.mode == "parallel" else 0
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> "ChunkedConfig":
-        if self.chunk_tokens is not None and self.overlap_tokens >= self.chunk_tokens:
-            raise ValueError(f"overlap_tokens ({self.overlap_tokens}) must be smaller than "
+        if self.chunk_tokens is not None and self.overlap >= self.chunk_tokens:
+            raise ValueError(f"overlap_tokens ({self.overlap}) must be smaller than "
                              f"chunk_tokens ({self.chunk_tokens})")
         return self
 
@@ -152,24 +154,27 @@ def _fallback_units(text: str) -> list[str]:
     return [text[i:i + step] for i in range(0, len(text), step)]
 
 
-async def cut_document(backend: Backend, text: str, chunk: int, overlap: int) -> CutDocument:
-    """Cut by the backend's own tokens; a backend without tokenize/detokenize gets
-    3-character units and chunks shrunk by FALLBACK_MARGIN (an estimate, said in `exact`)."""
-    try:
-        ids = await backend.tokenize(text)
-        await backend.detokenize(ids[:1])   # a backend may tokenize but not decode (lossy ids)
-        spans = split_tokens(len(ids), chunk, overlap)
-        texts = [await backend.detokenize(ids[s:e]) for s, e in spans]
-        return CutDocument(n_tokens=len(ids), chunk=chunk, overlap=overlap, spans=spans,
-                           texts=texts, exact=True)
-    except CapabilityMissing:
-        units = _fallback_units(text)
-        small = max(1, int(chunk * FALLBACK_MARGIN))
-        overlap = min(overlap, small - 1)
-        spans = split_tokens(len(units), small, overlap)
-        return CutDocument(n_tokens=len(units), chunk=small, overlap=overlap, spans=spans,
-                           exact=False,
-                           texts=["".join(units[s:e]) for s, e in spans])
+async def cut_document(ctx: RunContext, role: Role, text: str, chunk: int, overlap: int
+                       ) -> CutDocument:
+    """Cut by the role's own tokens, through ctx (two recorded calls: tokenize, detokenize);
+    a backend that cannot tokenize and detokenize (it says so in capabilities, or raises
+    CapabilityMissing) gets 3-character units and chunks shrunk by FALLBACK_MARGIN (an
+    estimate, said in `exact`)."""
+    if role.backend.capabilities.tokenize:
+        try:
+            ids = await ctx.tokenize(role, text, "tokenize")
+            spans = split_tokens(len(ids), chunk, overlap)
+            texts = await ctx.detokenize(role, [ids[s:e] for s, e in spans], "detokenize")
+            return CutDocument(n_tokens=len(ids), chunk=chunk, overlap=overlap, spans=spans,
+                               texts=texts, exact=True)
+        except CapabilityMissing:
+            pass
+    units = _fallback_units(text)
+    small = max(1, int(chunk * FALLBACK_MARGIN))
+    overlap = min(overlap, small - 1)
+    spans = split_tokens(len(units), small, overlap)
+    return CutDocument(n_tokens=len(units), chunk=small, overlap=overlap, spans=spans,
+                       exact=False, texts=["".join(units[s:e]) for s, e in spans])
 
 
 def prompt_tokens(backend: Backend, messages: Sequence[Message]) -> int:
@@ -196,10 +201,10 @@ def plan_reading(question: str, worker: Role, cfg: ChunkedConfig, where: str
             raise DocumentTooLong(f"{where}: role {worker.name} does not report its context "
                                   "length: set chunk_tokens or context_length")
         chunk = chunk_budget(window, base, cfg.worker_max_tokens)
-    if chunk <= cfg.overlap_tokens:
+    if chunk <= cfg.overlap:
         raise DocumentTooLong(f"{where}: only {chunk} document tokens fit a worker prompt, not "
-                              f"more than overlap_tokens={cfg.overlap_tokens}")
-    return chunk, cfg.overlap_tokens, base
+                              f"more than overlap_tokens={cfg.overlap}")
+    return chunk, cfg.overlap, base
 
 
 # Tokens of one evidence line besides the report itself ("#12: ", the line break).
@@ -268,32 +273,31 @@ def short_answer(text: str) -> str | None:
 
 
 def judge(report: str, sources: Sequence[str], question: str, cfg: ChunkedConfig) -> Evidence:
-    """Is this report evidence? Without verification: anything but "not found"."""
-    if cfg.verify_evidence:
-        evidence = ground_report(report, sources, question)
-        if cfg.show_sources and evidence.grounded and evidence.source and (
-                cfg.mode == "parallel" or (mentions_the_question(evidence.source, question) and
-                                           not mentions_the_question(evidence.text, question))):
-            return evidence.model_copy(update={"text": evidence.source})
-        return evidence
-    found = not says_not_found(report)
-    return Evidence(text=report.strip(), grounded=found, reason="report" if found else
-                    "not found")
+    """The report as the manager may read it, and whether it counts (cfg.evidence)."""
+    if cfg.evidence == "kv_lookup":
+        return kv_judge(report, sources, question, cfg.mode)
+    if cfg.evidence == "quote":
+        return quotes_its_part(report, sources, question)
+    return as_reported(report)
 
 
 def select_evidence(reports: Sequence[str], evidence: Sequence[Evidence], cfg: ChunkedConfig,
                     question: str = "") -> list[tuple[int, str]]:
-    """What the parallel manager reads: verified evidence, narrowed to the reports that
-    mention something the question asks about when any does (a weak worker quotes some
-    sentence of an irrelevant part, and a weak manager may copy it); if nothing is verified,
-    the reports that did not say "not found"; with drop_not_found off, every report."""
-    if not cfg.drop_not_found:
-        return [(i, e.text if e.grounded else r) for i, (r, e) in enumerate(zip(reports,
-                                                                               evidence))]
-    kept = [(i, e.text) for i, e in enumerate(evidence) if e.grounded]
-    relevant = [(i, text) for i, text in kept if mentions_the_question(text, question)]
-    kept = relevant or kept
-    return kept or [(i, r) for i, r in enumerate(reports) if not says_not_found(r)]
+    """What the parallel manager reads: every report (the papers); with drop_not_found or
+    evidence: quote, the reports that count; kv_lookup narrows them further."""
+    if cfg.evidence == "kv_lookup":
+        return kv_select(reports, evidence, question)
+    if cfg.evidence == "quote" or cfg.drop_not_found:
+        return [(i, e.text) for i, e in enumerate(evidence) if e.grounded]
+    return list(enumerate(reports))
+
+
+def updates_notes(new: Evidence, notes: str | None, question: str, cfg: ChunkedConfig) -> bool:
+    """Chain-of-Agents: each worker's notes replace the last (the paper); a report that does
+    not count (NOT FOUND with drop_not_found, an unverified quote) leaves them as they were."""
+    if cfg.evidence == "kv_lookup":
+        return kv_updates_notes(new, notes, question)
+    return new.grounded or (cfg.evidence == "none" and not cfg.drop_not_found)
 
 
 def fit_evidence(shown: list[tuple[int, str]], room: int | None, manager: Role
@@ -317,7 +321,7 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
     question = problem.question
     worker, manager = ctx.roles.pick(cfg.worker_role), ctx.roles.pick(cfg.manager_role)
     chunk, overlap, base = plan_reading(question, worker, cfg, f"node {ctx.node}")
-    doc = await cut_document(worker.backend, problem.context, chunk, overlap)
+    doc = await cut_document(ctx, worker, problem.context, chunk, overlap)
     worst = check_reading(doc, question, base, worker, manager, cfg, ctx)
     total = len(doc.spans)
     chunk, overlap = doc.chunk, doc.overlap
@@ -345,14 +349,10 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
         for i in range(total):
             reports.append(await read(i, notes))
             evidence.append(judge(reports[-1], [doc.texts[i], notes or ""], question, cfg))
-            # "Not found" or an unverified report would erase what earlier workers found:
-            # the notes change only when a worker brings evidence, and notes that mention what
-            # the question asks about are not replaced by evidence that does not.
-            if evidence[-1].grounded and (mentions_the_question(evidence[-1].text, question)
-                                          or not mentions_the_question(notes or "", question)):
+            if updates_notes(evidence[-1], notes, question, cfg):
                 notes, last = evidence[-1].text, i
         shown = [(last, notes)] if notes else []
-    if cfg.verify_evidence:
+    if cfg.evidence == "kv_lookup":
         shown = [(i, relevant_sentences(text, question)) for i, text in shown]
     manager_base, room = manager_room(question, manager, cfg)
     fitted = fit_evidence(shown, room, manager)
@@ -365,7 +365,7 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
     else:
         raw = (await ctx.generate(manager, req, "manager")).texts[0]
     text, repairs, answered_by = raw.strip(), [], "manager"
-    if cfg.verify_evidence and fitted:
+    if cfg.evidence == "kv_lookup" and fitted:
         text, repairs, answered_by = check_answer(text, [t for _, t in fitted], question)
     candidates = [Candidate(text=r, role=worker.name,
                             details={"chunk": i, "span": list(doc.spans[i]), "found": e.grounded,
@@ -373,7 +373,7 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
                                      "repaired": e.repaired})
                   for i, (r, e) in enumerate(zip(reports, evidence))]
     answer = Answer(text=text, answer=short_answer(text), candidates=candidates,
-                    details={"mode": cfg.mode, "document_tokens": doc.n_tokens,
+                    details={"mode": cfg.mode, "evidence": cfg.evidence, "document_tokens": doc.n_tokens,
                              "exact_tokens": doc.exact, "chunk_tokens": chunk,
                              "overlap_tokens": overlap, "workers": total,
                              "spans": [list(s) for s in doc.spans],

@@ -10,11 +10,11 @@ from reasonloom.orchestrator.types import Message
 Mode = Literal["parallel", "sequential"]
 
 # -- prompts: shared content first (instruction, question), then what differs ---------------
-# Chosen on SmolLM2-135M probes (kv_1000 items that are not benchmark items, and the engine
-# test's needle): in parallel mode the instruction sits in the system message (after the
-# question it was echoed back on key-value data); in sequential mode the short "update the
-# notes" instruction after the question carried a found fact forward best; the manager's
-# "briefly, in a few words" made it pick the report that answers rather than the first one.
+# As the papers ask: a divide-and-conquer worker returns what in its part answers the question
+# or says it is not there, and the manager, told that most parts hold no answer, answers
+# briefly from all the reports (2506.16411's reference); a Chain-of-Agents worker rewrites the
+# notes to keep what helps from the notes and add what helps from its part, and the manager
+# answers from the last notes (2406.02818). Nothing here names a task.
 WORKER_SYSTEM: dict[str, str] = {
     "parallel": "You read one part of a long document; other readers read the other parts. "
                 "Answer the question only from your part: copy the words of your part that "
@@ -25,11 +25,13 @@ WORKER_SYSTEM: dict[str, str] = {
 }
 WORKER_INSTRUCTION: dict[str, str | None] = {
     "parallel": None,
-    "sequential": "Update the notes: if this part or the notes answer the question, write the "
-                  "answer in one sentence; otherwise write: not found.",
+    "sequential": "Write the notes for the next reader: keep what the notes say that helps "
+                  "answer the question and add what this part says that helps. If nothing "
+                  "helps yet, write: not found.",
 }
 MANAGER_SYSTEM = ("Readers each read one consecutive part of a long document; most parts do "
-                  "not contain the answer. Answer the question from their reports.")
+                  "not contain the answer, and their readers say NOT FOUND. Answer the "
+                  "question from their reports.")
 MANAGER_INSTRUCTION = "Answer the question briefly, in a few words."
 NO_NOTES = "(none: this is the first part)"
 NO_EVIDENCE = "(no reader found evidence)"
