@@ -44,7 +44,12 @@ def reader(mode: str, **params) -> Graph:
 def test_needle_in_the_last_chunk_is_found_by_its_worker_and_answered(mode, embedded,
                                                                       embedded_roles, arun):
     problem, code = needle_problem(seed=3)
-    result = arun(run(reader(mode), problem, embedded_roles, seed=0))
+    # The 135M model cannot follow Chain-of-Agents' "rewrite the notes" instruction (it writes
+    # "The secret code is:" over and over): a user's own, simpler instruction, which the node
+    # takes, keeps this a test of the plumbing: the last chunk's fact reaches the answer.
+    params = ({"worker_instruction": "Copy the sentence of the notes or of this part that "
+                                     "answers the question."} if mode == "sequential" else {})
+    result = arun(run(reader(mode, **params), problem, embedded_roles, seed=0))
     details = result.answer.details
     spans = details["spans"]
     ids = embedded.tokenizer.encode(problem.context, add_special_tokens=False)

@@ -15,7 +15,7 @@ from reasonloom.orchestrator.budget import Budget, BudgetExceeded
 from reasonloom.orchestrator.cache import CacheMiss, RunStore, TieredStore, cache_key
 from reasonloom.orchestrator.events import EventBus
 from reasonloom.orchestrator.ledger import CallRecord, Ledger
-from reasonloom.orchestrator.pipeline import CANCELLED, Outcome, Progress, call_pipeline, paced
+from reasonloom.orchestrator.pipeline import Outcome, Progress, call_pipeline, paced
 from reasonloom.orchestrator.roles import Role, Roles
 from reasonloom.orchestrator.seeds import derive_seed
 from reasonloom.orchestrator.types import Answer, Message
@@ -244,77 +244,71 @@ class RunContext:
             yield Delta(finish_reason=hit["finish_reason"], prompt_tokens=0, completion_tokens=0)
             return
         self._check_replay(call_key)
-        reservation = self._reserve(role, self._prompt_estimate(role, req),
-                                    req.max_tokens * req.n, f"{self.node}/{call_key}")
-        yielded = ""
-        spent_tokens, spent_dollars = 0, 0.0
+        shown = ""   # text the caller has; a retry must reproduce it before adding to it
+
+        async def attempt(progress: Progress) -> tuple[tuple[str, Delta | None], Outcome]:
+            nonlocal shown
+            text, final, t0 = "", None, time.monotonic()
+            try:
+                async for delta in paced(role.backend.stream(req), role.spec.timeout_s):
+                    if delta.prompt_tokens is not None:
+                        final = delta
+                    if not delta.text:
+                        continue
+                    if progress.ttft_s is None:
+                        progress.ttft_s = time.monotonic() - t0
+                    text += delta.text
+                    if len(text) <= len(shown):
+                        continue   # a retry re-producing what the caller already has
+                    if not text.startswith(shown):
+                        raise StreamCut("retried stream diverged from what was shown",
+                                        partial=text)
+                    fresh, shown = text[len(shown):], text
+                    # A retry's first delta may overlap what was shown: its token count no
+                    # longer matches the fresh text, so it is not passed on.
+                    pieces.put_nowait(Delta(index=delta.index, text=fresh,
+                                            tokens=delta.tokens if fresh == delta.text else None))
+            finally:   # what a cut or cancelled attempt generated, for the ledger
+                progress.tokens = role.backend.estimate_tokens(text) if text else 0
+            return (text, final), Outcome(
+                (final.prompt_tokens or 0) if final else 0,
+                (final.completion_tokens or 0) if final else 0,
+                (final.cached_prompt_tokens or 0) if final else 0,
+                final.served_by if final else None, progress.ttft_s)
+
+        # The pipeline runs as a task that hands pieces over as they come; the caller closing
+        # the stream (or being cancelled) cancels it, and the ledger bills what was generated.
+        pieces: asyncio.Queue[Delta | None] = asyncio.Queue()
+
+        async def produce() -> tuple[str, Delta | None]:
+            try:
+                return await call_pipeline(
+                    self, role, "stream", call_key, attempt, whole_call_timeout=False,
+                    prompt_estimate=self._prompt_estimate(role, req),
+                    max_out=req.max_tokens * req.n, record={"seed": req.seed, "n": req.n})
+            finally:
+                pieces.put_nowait(None)
+
+        producer = asyncio.get_running_loop().create_task(produce())
         try:
-            attempt = 0
-            while True:
-                attempt += 1
-                text, ttft = "", None
-                final: Delta | None = None
-                t0 = time.monotonic()
-                try:
-                    async with role:
-                        t0 = time.monotonic()
-                        async for delta in paced(role.backend.stream(req),
-                                                 role.spec.timeout_s):
-                            if delta.prompt_tokens is not None:
-                                final = delta
-                            if not delta.text:
-                                continue
-                            if ttft is None:
-                                ttft = time.monotonic() - t0
-                            text += delta.text
-                            if len(text) <= len(yielded):
-                                continue   # a retry re-producing what the caller already has
-                            if not text.startswith(yielded):
-                                raise StreamCut("retried stream diverged from what was shown",
-                                                partial=text)
-                            fresh = text[len(yielded):]
-                            yielded = text
-                            if answer:
-                                self.stream_answer(fresh)
-                            # A retry's first delta may overlap what was shown: its token
-                            # count no longer matches the fresh text, so it is not passed on.
-                            yield Delta(index=delta.index, text=fresh,
-                                        tokens=delta.tokens if fresh == delta.text else None)
-                except asyncio.CancelledError:   # its node stopped it: bill what was generated
-                    prompt_tokens = self._prompt_estimate(role, req)
-                    completion = role.backend.estimate_tokens(text) if text else 0
-                    spent_tokens = prompt_tokens + completion
-                    spent_dollars = role.spec.cost(prompt_tokens, completion)
-                    self._record(role, "stream", call_key, attempt, t0,
-                                 prompt_tokens=prompt_tokens, completion_tokens=completion,
-                                 cost_usd=spent_dollars, ttft_s=ttft, seed=req.seed, n=req.n,
-                                 error=CANCELLED)
-                    raise
-                except BackendError as exc:
-                    wasted = role.backend.estimate_tokens(text) if text else 0
-                    if not self._retry_or_raise(role, call_key, attempt, t0, exc, req.seed,
-                                                "stream", wasted):
-                        raise
-                    await self._wait_retry(role, attempt, exc)
-                    continue
-                prompt_tokens = (final.prompt_tokens or 0) if final else 0
-                completion = (final.completion_tokens or 0) if final else 0
-                cost = role.spec.cost(prompt_tokens, completion)
-                spent_tokens, spent_dollars = prompt_tokens + completion, cost
-                self._record(role, "stream", call_key, attempt, t0, prompt_tokens=prompt_tokens,
-                             completion_tokens=completion,
-                             cached_prompt_tokens=(final.cached_prompt_tokens or 0) if final else 0,
-                             cost_usd=cost, ttft_s=ttft, seed=req.seed, n=req.n,
-                             served_by=final.served_by if final else None)
-                if key is not None:
-                    self.state.store.put(key, {"text": text, "model": role.model_id,
-                                               "finish_reason":
-                                               final.finish_reason if final else None})
-                yield Delta(index=0, text="", finish_reason=final.finish_reason if final else None,
-                            prompt_tokens=prompt_tokens, completion_tokens=completion)
-                return
+            while (piece := await pieces.get()) is not None:
+                if answer:
+                    self.stream_answer(piece.text)
+                yield piece
+            text, final = await producer
         finally:
-            self.state.budget.settle(reservation, spent_tokens, spent_dollars)
+            if not producer.done():
+                producer.cancel()
+                try:
+                    await producer
+                except (asyncio.CancelledError, BackendError):
+                    pass
+        if key is not None:
+            self.state.store.put(key, {"text": text, "model": role.model_id,
+                                       "finish_reason": final.finish_reason if final else None})
+        yield Delta(index=0, text="", finish_reason=final.finish_reason if final else None,
+                    prompt_tokens=(final.prompt_tokens or 0) if final else 0,
+                    completion_tokens=(final.completion_tokens or 0) if final else 0)
 
     async def prompt_logprobs(self, role: Role | str, messages: Sequence[Message], text: str,
                               call_key: str, top_k: int = 0) -> list[TokenLogprob]:

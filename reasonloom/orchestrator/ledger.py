@@ -53,10 +53,11 @@ class CallRecord:
 def _usage(records: list[CallRecord]) -> Usage:
     """The totals of some records: plain additions in record order (report() runs this over
     every record of big graphs, where pydantic or generic summing costs more than the run)."""
-    cached = failed = prompt = completion = cached_prompt = 0
+    cached = failed = prompt = completion = cached_prompt = tokenizer = 0
     replayed_prompt = replayed_completion = 0
     cost = replayed_cost = 0.0
     for rec in records:
+        tokenizer += rec.kind == "tokenize"
         cached += rec.cache_hit
         failed += not rec.ok
         prompt += rec.prompt_tokens
@@ -66,7 +67,8 @@ def _usage(records: list[CallRecord]) -> Usage:
         replayed_prompt += rec.replayed_prompt_tokens
         replayed_completion += rec.replayed_completion_tokens
         replayed_cost += rec.replayed_cost_usd
-    return Usage(calls=len(records), cached_calls=cached, failed_calls=failed,
+    # a tokenizer call is in the ledger (it may fail and be retried) but is not a model call
+    return Usage(calls=len(records) - tokenizer, cached_calls=cached, failed_calls=failed,
                  prompt_tokens=prompt, completion_tokens=completion,
                  cached_prompt_tokens=cached_prompt, cost_usd=cost,
                  replayed_prompt_tokens=replayed_prompt,

@@ -1,10 +1,10 @@
 """The one path a model call takes after the cache: budget reservation, the role's throttle and
 timeout, the retry policy, the ledger (with its events), and the budget's settlement.
 
-`generate`, `prompt_logprobs` and the stoppable generation (watched.py) are thin adapters that
-hand it one attempt; `stream` yields to its caller between pieces, so it shares the pieces
-below (timeouts per piece, `retry_or_raise`) rather than the loop. A call cancelled by its node
-is recorded with the tokens its attempt had read, so the ledger bills what was generated.
+`generate`, `stream`, `prompt_logprobs`, `tokenize` and the stoppable generation (watched.py)
+are thin adapters that hand it one attempt (a stream's attempt passes its pieces to the caller
+through a queue). A call cancelled by its node is recorded with the tokens its attempt had
+read, so the ledger bills what was generated.
 """
 from __future__ import annotations
 
@@ -68,9 +68,11 @@ async def paced(stream: AsyncIterator[T], timeout_s: float | None) -> AsyncItera
 
 async def call_pipeline(ctx: "RunContext", role: "Role", kind: str, call_key: str,
                         attempt: Attempt, *, prompt_estimate: int, max_out: int,
-                        record: dict[str, Any] | None = None) -> T:
+                        record: dict[str, Any] | None = None,
+                        whole_call_timeout: bool = True) -> T:
     """Run `attempt` until it succeeds or the retry policy gives up; `record` adds fields to
-    every ledger record (seed, n)."""
+    every ledger record (seed, n). A stream's attempt paces its own pieces (`paced`), so a
+    long answer that keeps coming is not cut: it passes whole_call_timeout=False."""
     fields = record or {}
     reservation = ctx._reserve(role, prompt_estimate, max_out, f"{ctx.node}/{call_key}")
     spent_tokens, spent_dollars = 0, 0.0
@@ -82,7 +84,7 @@ async def call_pipeline(ctx: "RunContext", role: "Role", kind: str, call_key: st
             try:
                 async with role:
                     t0 = time.monotonic()
-                    if role.spec.timeout_s is None:   # no timer to arm on the common path
+                    if role.spec.timeout_s is None or not whole_call_timeout:   # no timer
                         result, out = await attempt(progress)
                     else:
                         async with asyncio.timeout(role.spec.timeout_s):
