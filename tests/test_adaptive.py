@@ -341,6 +341,26 @@ def test_timeout_retry_and_budget_behave_the_same_for_every_call_kind():
         assert ctx.state.ledger.records == [], kind
 
 
+def test_a_stream_its_caller_stops_reading_is_cancelled_and_billed_for_what_it_read():
+    backend = ScriptedBackend(lambda req, i: LONG, chunk_chars=6, chunk_delay_s=0.01)
+    ctx = context(backend)
+
+    async def read_two_pieces():
+        pieces = ctx.stream("strong", REQ, "k")
+        got = [await anext(pieces), await anext(pieces)]
+        await pieces.aclose()
+        await asyncio.sleep(0.05)   # a producer left running would stream on meanwhile
+        return got
+
+    got = asyncio.run(read_two_pieces())
+    [record] = ctx.state.ledger.records
+    assert record.error == "cancelled" and record.kind == "stream"
+    assert 0 < record.completion_tokens < len(LONG.split())
+    assert backend.in_flight == 0 and backend.streamed_tokens < len(LONG.split())
+    assert "".join(p.text for p in got) == LONG[:len("".join(p.text for p in got))]
+    assert ctx.state.budget.spent_tokens == record.prompt_tokens + record.completion_tokens
+
+
 def _failing_once(fn):
     from reasonloom.backends.errors import ServerError
 
