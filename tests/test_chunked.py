@@ -159,7 +159,8 @@ def test_the_document_is_cut_by_the_roles_tokens_through_recorded_retried_calls(
                              _problem(text), reader_roles(_CharTokenizer(_reader))))
     details, usage = result.answer.details, result.usage.by_model["cheap"]
     assert details["exact_tokens"] and details["spans"] == [list(s) for s in doc.spans]
-    assert usage.calls == details["workers"] + 4 and usage.failed_calls == 2
+    # the tokenizer's attempts are in the ledger (above), not in the model-call counts
+    assert usage.calls == details["workers"] and usage.failed_calls == 0
 
 
 def test_a_backend_that_tokenizes_but_cannot_detokenize_falls_back_to_characters():

@@ -57,7 +57,9 @@ def _usage(records: list[CallRecord]) -> Usage:
     replayed_prompt = replayed_completion = 0
     cost = replayed_cost = 0.0
     for rec in records:
-        tokenizer += rec.kind == "tokenize"
+        if rec.kind == "tokenize":
+            tokenizer += 1
+            continue
         cached += rec.cache_hit
         failed += not rec.ok
         prompt += rec.prompt_tokens
@@ -67,7 +69,8 @@ def _usage(records: list[CallRecord]) -> Usage:
         replayed_prompt += rec.replayed_prompt_tokens
         replayed_completion += rec.replayed_completion_tokens
         replayed_cost += rec.replayed_cost_usd
-    # a tokenizer call is in the ledger (it may fail and be retried) but is not a model call
+    # a tokenizer call (0 tokens, $0) is in the ledger, with its failed attempts, but it is not
+    # a model call: Usage counts model calls only
     return Usage(calls=len(records) - tokenizer, cached_calls=cached, failed_calls=failed,
                  prompt_tokens=prompt, completion_tokens=completion,
                  cached_prompt_tokens=cached_prompt, cost_usd=cost,
