@@ -8,6 +8,8 @@ the answer is that key's value; generated, seeded). Arms, all greedy, one model 
   parallel, sequential     the `chunked` node on its defaults (the papers' algorithm)
   {parallel,sequential}_quote      ... with `evidence: quote` (generic, opt-in)
   {parallel,sequential}_kv_lookup  ... with `evidence: kv_lookup` (key-value repairs, opt-in)
+  parallel_confidence      ... with `reduce: confidence` (generic, opt-in: every worker answers
+                           from its part, the most confident answer wins, no manager)
 Graded correct when the gold value is in the answer. `correct_unrepaired` grades the manager's
 own text (before kv_lookup's repairs); it equals `correct` for every other arm. Every figure
 comes with its 95% Wilson interval; `acc_best_chunked_*` is the best chunked arm run.
@@ -50,7 +52,10 @@ CHUNKED_ARMS = {"parallel": ("parallel", "none"), "sequential": ("sequential", "
                 "parallel_quote": ("parallel", "quote"),
                 "sequential_quote": ("sequential", "quote"),
                 "parallel_kv_lookup": ("parallel", "kv_lookup"),
-                "sequential_kv_lookup": ("sequential", "kv_lookup")}
+                "sequential_kv_lookup": ("sequential", "kv_lookup"),
+                "parallel_confidence": ("parallel", "none")}
+# arms that set more of the node's params (generic options, not kv-specific)
+ARM_PARAMS = {"parallel_confidence": {"reduce": "confidence"}}
 ARMS = ("single", *CHUNKED_ARMS)
 # The embedded SmolLM2-135M is served with a 2048-token window (its own is 8192), so no
 # document here fits one prompt; 512-token chunks were its best on kv_1000 probes (issue 14).
@@ -95,7 +100,7 @@ def arm_graph(arm: str, chunk_tokens: int | None) -> Graph:
         params = {"mode": mode, "evidence": evidence, "worker_role": "reader",
                   "manager_role": "reader", "chunk_tokens": chunk_tokens,
                   "worker_max_tokens": NOTE_TOKENS, "manager_max_tokens": ANSWER_TOKENS,
-                  "max_workers": 256}
+                  "max_workers": 256, **ARM_PARAMS.get(arm, {})}
         if mode == "parallel":   # Chain-of-Agents keeps its own: no overlap
             params["overlap_tokens"] = OVERLAP_TOKENS
         g.add("reader", "chunked", params, {"problem": "problem"})
@@ -215,8 +220,9 @@ def make_backend(args):
 async def main(args) -> None:
     smoke = args.limit is not None
     out_dir = Path(args.out_dir or (tempfile.gettempdir() if smoke else RESULTS))
-    if smoke and out_dir.resolve() == RESULTS.resolve():
-        raise SystemExit("a --limit run is a smoke: its figures never go to benchmarks/results")
+    if (smoke or args.seed) and out_dir.resolve() == RESULTS.resolve():
+        raise SystemExit("a --limit or --seed run (smoke, tuning) never writes to "
+                         "benchmarks/results: give it --out-dir")
     rows_path = Path(args.rows or (out_dir / "long_context_rows.jsonl" if smoke else ROWS))
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     n = args.limit or args.items
@@ -225,7 +231,7 @@ async def main(args) -> None:
     if not args.summarise:
         backend, window, chunk_tokens = make_backend(args)
         plan = [(task, length, item) for length in args.lengths for task in args.tasks
-                for item in load_items(task, length, n)]
+                for item in load_items(task, length, n, args.seed)]
         plan.sort(key=lambda entry: entry[2]["id"])
         print(f"{len(plan)} items x arms {arms}, window {window}, chunks "
               f"{chunk_tokens or 'node default'}, rows {rows_path}", flush=True)
@@ -238,7 +244,7 @@ async def main(args) -> None:
 
                 shutdown_engines()
     summary = summarise(done_rows(rows_path), args.tasks, args.lengths, arms)
-    summary.update({"machine": machine(), "model": args.model if args.base_url else
+    summary.update({"seed": args.seed, "machine": machine(), "model": args.model if args.base_url else
                     "SmolLM2-135M-Instruct (embedded)", "base_url": args.base_url,
                     "tasks": {t: TASKS[t] for t in args.tasks}, "items_per_set": n,
                     "smoke": smoke, "wall_s": round(time.monotonic() - t0, 1),
@@ -266,6 +272,9 @@ if __name__ == "__main__":
     parser.add_argument("--limit", type=int, help="a smoke: this many items, JSON to $TMPDIR")
     parser.add_argument("--chunk-tokens", type=int,
                         help=f"default: {EMBEDDED_CHUNK_TOKENS} embedded, the node's on a server")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="which items: 0 = the reported ones; 1 = the tuning split (other kv "
+                             "rows, other generated documents; give it its own --out-dir)")
     parser.add_argument("--concurrency", type=int, default=8, help="items in flight")
     parser.add_argument("--rows", help=f"rows file (default {ROWS.relative_to(ROOT)})")
     parser.add_argument("--out-dir", help="where the JSON goes (default benchmarks/results)")

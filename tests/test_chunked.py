@@ -367,3 +367,45 @@ def test_long_context_recipe_accepts_32k_token_documents_within_its_budget():
     assert check(32_000) <= recipe.spec.budget.tokens
     with pytest.raises(DocumentTooLong):
         check(96_000)
+
+
+def _guessing_reader(req, index) -> str:
+    """Every worker answers: the code where its part shows it, a guess elsewhere."""
+    match = re.search(r"secret code is (\d+)", req.messages[-1].content)
+    return f"The code is {match.group(1)}." if match else f"The code is {1000 + len(req.messages[-1].content) % 97}."
+
+
+def _sure_where_shown(req, index, position) -> float:
+    """Confident copying where the part shows the code, unsure guessing elsewhere."""
+    return 4.0 if "secret code is" in req.messages[-1].content else 1.5 + 0.1 * (position % 3)
+
+
+def test_reduce_confidence_answers_with_the_most_confident_worker_and_calls_no_manager():
+    backend = ScriptedBackend(_guessing_reader, confidence=_sure_where_shown)
+    text = _document(40, 33)
+    result = asyncio.run(run(chunked_graph(chunk_tokens=120, overlap_tokens=20,
+                                           reduce="confidence", worker_role="cheap",
+                                           manager_role="strong"),
+                             _problem(text), reader_roles(backend)))
+    answer, by_model = result.answer, result.usage.by_model
+    assert answer.text == "The code is 7391." and answer.details["workers"] >= 5
+    guesses = {c.text for c in answer.candidates} - {answer.text}
+    assert guesses   # the other workers guessed; the confident copy won
+    best = answer.details["shown"][0]
+    assert answer.details["confidences"][best] == max(answer.details["confidences"])
+    assert all(c.text.startswith("The code is") for c in answer.candidates)   # nobody abstains
+    assert "strong" not in by_model and by_model["cheap"].calls == answer.details["workers"]
+
+
+def test_reduce_confidence_without_log_probs_fails_in_one_line_before_any_call():
+    backend = ScriptedBackend(_guessing_reader, logprobs=False)
+    with pytest.raises(RunFailed) as info:
+        asyncio.run(run(chunked_graph(chunk_tokens=120, overlap_tokens=20, reduce="confidence"),
+                        _problem(_document(40, 33)), reader_roles(backend)))
+    assert "needs token log-probs" in str(info.value) and "\n" not in str(info.value)
+    assert backend.calls == 0
+
+
+def test_reduce_confidence_refuses_chain_of_agents():
+    with pytest.raises(ValueError, match="reduce: confidence needs mode: parallel"):
+        ChunkedConfig(mode="sequential", reduce="confidence")

@@ -45,7 +45,8 @@ from reasonloom.orchestrator.types import (Answer, Candidate, Candidates, Frozen
 from reasonloom.strategies.chunked_evidence import Evidence, as_reported, quotes_its_part
 from reasonloom.strategies.chunked_kv_lookup import (check_answer, kv_judge, kv_select,
                                                      kv_updates_notes, relevant_sentences)
-from reasonloom.strategies.chunked_prompts import manager_messages, worker_messages
+from reasonloom.strategies.chunked_prompts import answer_messages, manager_messages, worker_messages
+from reasonloom.strategies.trace_confidence import lowest_group_confidence
 
 # Chat-template tokens per message (role markers, separators); the runtime's budget estimate
 # uses the same figure.
@@ -100,6 +101,15 @@ class ChunkedConfig(FrozenModel):
     # manager's own.
     evidence: Literal["none", "quote", "kv_lookup"] = "none"
     stream_answer: bool = False                 # stream the manager's answer to the caller
+    # How the parallel reports become the answer. "manager" (the papers): a manager reads
+    # them. "confidence" (opt-in, any document; needs token log-probs): every worker answers
+    # the question from its part, asked after the part and with no way to say NOT FOUND (a
+    # small model offered NOT FOUND says it even when its part holds the answer), and the
+    # answer is the report whose lowest windowed token confidence is highest (DeepConf's group
+    # confidence, arXiv 2508.15260): a worker whose part holds the answer copies it with more
+    # certainty than one that guesses. No manager call.
+    reduce: Literal["manager", "confidence"] = "manager"
+    confidence_window: int = Field(8, ge=1)     # tokens per group (answers are short)
 
     @property
     def overlap(self) -> int:
@@ -112,6 +122,10 @@ class ChunkedConfig(FrozenModel):
         if self.chunk_tokens is not None and self.overlap >= self.chunk_tokens:
             raise ValueError(f"overlap_tokens ({self.overlap}) must be smaller than "
                              f"chunk_tokens ({self.chunk_tokens})")
+        if self.reduce == "confidence" and (self.mode != "parallel" or self.evidence != "none"):
+            raise ValueError("reduce: confidence needs mode: parallel and evidence: none "
+                             "(it picks one worker's answer; there is no manager to read notes "
+                             "or checked reports)")
         return self
 
 
@@ -185,7 +199,8 @@ def prompt_tokens(backend: Backend, messages: Sequence[Message]) -> int:
 def plan_reading(question: str, worker: Role, cfg: ChunkedConfig, where: str
                  ) -> tuple[int, int, int]:
     """(chunk tokens, overlap, worker prompt tokens without the chunk) for this worker role."""
-    empty = worker_messages(question, "", 0, 1, cfg.mode, cfg.worker_instruction)
+    empty = (answer_messages(question, "", cfg.worker_instruction) if cfg.reduce == "confidence"
+             else worker_messages(question, "", 0, 1, cfg.mode, cfg.worker_instruction))
     # Chain-of-Agents prompts also carry the previous notes: at most one worker output.
     base = prompt_tokens(worker.backend, empty) + (cfg.worker_max_tokens
                                                    if cfg.mode == "sequential" else 0)
@@ -320,6 +335,9 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
                          "(Problem.context / a dataset row's `context` field)")
     question = problem.question
     worker, manager = ctx.roles.pick(cfg.worker_role), ctx.roles.pick(cfg.manager_role)
+    if cfg.reduce == "confidence" and not worker.backend.capabilities.logprobs:
+        raise CapabilityMissing(f"node {ctx.node}: reduce: confidence needs token log-probs, "
+                                f"which role {worker.name}'s backend does not give")
     chunk, overlap, base = plan_reading(question, worker, cfg, f"node {ctx.node}")
     doc = await cut_document(ctx, worker, problem.context, chunk, overlap)
     worst = check_reading(doc, question, base, worker, manager, cfg, ctx)
@@ -340,6 +358,8 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
         req = request(messages, cfg.worker_max_tokens, cfg.worker_stop)
         return (await ctx.generate(worker, req, f"worker{i}")).texts[0].strip()
 
+    if cfg.reduce == "confidence":
+        return await most_confident_report(question, doc, worker, cfg, ctx)
     if cfg.mode == "parallel":   # map: every chunk at once (the role's throttle bounds it)
         reports = list(await asyncio.gather(*(read(i) for i in range(total))))
         evidence = [judge(r, [doc.texts[i]], question, cfg) for i, r in enumerate(reports)]
@@ -384,6 +404,38 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
                              "answered_by": answered_by})
     ctx.publish_best(answer)
     return answer
+
+
+async def most_confident_report(question: str, doc: CutDocument, worker: Role,
+                                cfg: ChunkedConfig, ctx: RunContext) -> Answer:
+    """reduce: confidence. Every worker answers from its part; the answer is the report with
+    the highest lowest-group confidence."""
+    async def answer(i: int):
+        req = GenerateRequest(messages=answer_messages(question, doc.texts[i],
+                                                       cfg.worker_instruction),
+                              temperature=cfg.temperature, max_tokens=cfg.worker_max_tokens,
+                              stop=cfg.worker_stop, confidence_k=5)
+        return (await ctx.generate(worker, req, f"worker{i}")).samples[0]
+
+    samples = list(await asyncio.gather(*(answer(i) for i in range(len(doc.spans)))))
+    scores = [lowest_group_confidence(s.confidences or [0.0], cfg.confidence_window)
+              for s in samples]
+    best = max(range(len(samples)), key=lambda i: scores[i])
+    text = samples[best].text.strip()
+    candidates = [Candidate(text=s.text.strip(), role=worker.name,
+                            details={"chunk": i, "span": list(doc.spans[i]),
+                                     "confidence": round(scores[i], 4), "found": i == best})
+                  for i, s in enumerate(samples)]
+    answer_ = Answer(text=text, answer=short_answer(text), candidates=candidates,
+                     details={"mode": cfg.mode, "reduce": "confidence", "evidence": "none",
+                              "document_tokens": doc.n_tokens, "exact_tokens": doc.exact,
+                              "chunk_tokens": doc.chunk, "overlap_tokens": doc.overlap,
+                              "workers": len(samples), "spans": [list(x) for x in doc.spans],
+                              "confidences": [round(x, 4) for x in scores], "shown": [best],
+                              "manager_text": text, "answer_repairs": [],
+                              "answered_by": f"worker {best} (most confident)"})
+    ctx.publish_best(answer_)
+    return answer_
 
 
 @register_node("chunked", ChunkedConfig, inputs={"problem": "problem"},

@@ -61,6 +61,14 @@ def worker_messages(question: str, part: str, index: int, total: int, mode: Mode
             Message(role="user", content=body))
 
 
+def answer_messages(question: str, part: str, instruction: str | None = None
+                    ) -> tuple[Message, ...]:
+    """reduce: confidence: the worker's part, then the question, as if the part were the whole
+    document (a small model answers what it read last; no NOT FOUND to hide behind)."""
+    tail = f"\n{instruction}" if instruction else ""
+    return (Message(role="user", content=f"{part}\n\n{question}{tail}"),)
+
+
 def manager_messages(question: str, evidence: Sequence[tuple[int, str]], mode: Mode,
                      instruction: str | None = None) -> tuple[Message, ...]:
     """`evidence`: (chunk index, report) pairs; sequential mode shows the last notes only."""
