@@ -219,11 +219,12 @@ def make_backend(args):
 
 async def main(args) -> None:
     smoke = args.limit is not None
-    out_dir = Path(args.out_dir or (tempfile.gettempdir() if smoke else RESULTS))
-    if (smoke or args.seed) and out_dir.resolve() == RESULTS.resolve():
+    side_run = smoke or args.seed != 0   # a smoke or a tuning run: nothing in benchmarks/results
+    out_dir = Path(args.out_dir or (tempfile.gettempdir() if side_run else RESULTS))
+    if side_run and out_dir.resolve() == RESULTS.resolve():
         raise SystemExit("a --limit or --seed run (smoke, tuning) never writes to "
                          "benchmarks/results: give it --out-dir")
-    rows_path = Path(args.rows or (out_dir / "long_context_rows.jsonl" if smoke else ROWS))
+    rows_path = Path(args.rows or (out_dir / "long_context_rows.jsonl" if side_run else ROWS))
     rows_path.parent.mkdir(parents=True, exist_ok=True)
     n = args.limit or args.items
     arms = args.arms

@@ -12,7 +12,9 @@ cuts by characters and never reads the last ~(n-1)*2048 characters). By default 
 the papers' algorithm and nothing more: every report reaches the manager, notes pass on as
 written, the manager's answer is final. `evidence: quote` (a report must quote its part) and
 `evidence: kv_lookup` (repairs for key-value retrieval only) are opt-in: chunked_evidence.py
-and chunked_kv_lookup.py.
+and chunked_kv_lookup.py. `reduce: confidence` (opt-in, parallel) replaces the manager by the
+most confident worker answer (DeepConf's lowest group confidence), for models that cannot
+abstain on a part without the answer.
 
 Example (a scripted backend cannot tokenize, so 3-character units stand in for tokens):
     >>> import asyncio
