@@ -57,3 +57,10 @@ def print_table(rows: list[tuple], header: tuple) -> None:
     print(line.format(*("-" * w for w in widths)))
     for row in rows:
         print(line.format(*(str(x) for x in row)))
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A resumable benchmark's finished rows (JSON lines; none when the file is missing)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.open() if line.strip()]

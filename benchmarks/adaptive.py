@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import (RESULTS, add_pool_arguments, data_dir, machine,  # noqa: E402
-                                print_table, write_result)
+                                print_table, read_rows, write_result)
 from reasonloom.backends.openai import OpenAIBackend  # noqa: E402
 from reasonloom.bench.graders import grade  # noqa: E402
 from reasonloom.orchestrator.cache import SharedCache  # noqa: E402
@@ -100,10 +100,7 @@ def engine_tokens(base_url: str) -> float | None:
 
 
 def done_rows(split: str) -> dict[tuple[str, str], dict]:
-    if not ROWS.exists():
-        return {}
-    rows = [json.loads(line) for line in ROWS.open()]
-    return {(r["arm"], r["id"]): r for r in rows if r["split"] == split}
+    return {(r["arm"], r["id"]): r for r in read_rows(ROWS) if r["split"] == split}
 
 
 async def solve(row: dict, arm: str, node: tuple[str, dict], roles: Roles, cache: SharedCache,

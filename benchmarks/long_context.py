@@ -44,7 +44,8 @@ from reasonloom.orchestrator.graph import Graph  # noqa: E402
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
 from reasonloom.orchestrator.scheduler import run  # noqa: E402
 from reasonloom.orchestrator.types import Problem  # noqa: E402
-from benchmarks._common import RESULTS, machine, print_table, write_result  # noqa: E402
+from benchmarks._common import (RESULTS, machine, print_table, read_rows,  # noqa: E402
+                                write_result)
 from benchmarks.long_context_tasks import INSTRUCTIONS, TASKS, load_items  # noqa: E402
 
 LENGTHS = (4000, 8000, 16000)
@@ -133,10 +134,7 @@ async def solve(backend, task: str, length: int, arm: str, item: dict, window: i
 
 
 def done_rows(path: Path) -> dict[tuple, dict]:
-    if not path.exists():
-        return {}
-    rows = (json.loads(line) for line in path.open() if line.strip())
-    return {(r["task"], r["length"], r["arm"], r["id"]): r for r in rows}
+    return {(r["task"], r["length"], r["arm"], r["id"]): r for r in read_rows(path)}
 
 
 async def run_items(backend, plan: list[tuple[str, int, dict]], arms: list[str], window: int,
@@ -225,7 +223,8 @@ async def main(args) -> None:
         raise SystemExit("a --limit or --seed run (smoke, tuning) never writes to "
                          "benchmarks/results: give it --out-dir")
     rows_path = Path(args.rows or (out_dir / "long_context_rows.jsonl" if side_run else ROWS))
-    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, rows_path.parent):
+        folder.mkdir(parents=True, exist_ok=True)
     n = args.limit or args.items
     arms = args.arms
     t0 = time.monotonic()

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (RESULTS, add_pool_arguments, machine, print_table,  # noqa: E402
-                                write_result)
+                                read_rows, write_result)
 from benchmarks.adaptive import COMMON, load_problems, paired_ci, pool_roles  # noqa: E402
 from benchmarks.confidence_signal import auroc  # noqa: E402
 from benchmarks.selection_real import _scores_in_sample_order  # noqa: E402
@@ -125,9 +125,7 @@ async def solve(row: dict, roles: Roles, cache: SharedCache, split: str, setting
 
 
 def done_rows(split: str) -> dict[str, dict]:
-    if not ROWS.exists():
-        return {}
-    return {r["id"]: r for r in map(json.loads, ROWS.open()) if r["split"] == split}
+    return {r["id"]: r for r in read_rows(ROWS) if r["split"] == split}
 
 
 async def run_problems(problems: list[dict], roles: Roles, cache: SharedCache, at_once: int,

@@ -4,8 +4,8 @@ vLLM's `api_server`, and the like), through the openai SDK's `AsyncOpenAI`.
 The SDK's own retries are off (`max_retries=0`): the orchestrator retries, so every attempt
 reaches the ledger. SDK and transport errors become the typed errors of backends/errors.py.
 vLLM extras (prompt log-probs, continuing a final assistant message, `/tokenize` and
-`/detokenize`) are used
-where `capabilities` says the server has them; elsewhere those calls raise CapabilityMissing.
+`/detokenize`) are used where `capabilities` says the server has them; elsewhere those calls
+raise CapabilityMissing.
 
 Example:
     >>> backend = OpenAIBackend("SmolLM2-135M-Instruct", base_url="http://127.0.0.1:8000/v1")
@@ -343,7 +343,7 @@ class OpenAIBackend(Backend):
         scored.served_by = self.served_for(resp)   # type: ignore[attr-defined]
         return scored
 
-    # -- the server's /tokenize and /detokenize -------------------------------------------------------------------
+    # -- the server's /tokenize and /detokenize ----------------------------------------------
     async def _post_server(self, path: str, body: dict[str, Any], purpose: str) -> Any:
         import httpx
 

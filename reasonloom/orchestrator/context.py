@@ -245,6 +245,9 @@ class RunContext:
             return
         self._check_replay(call_key)
         shown = ""   # text the caller has; a retry must reproduce it before adding to it
+        # The pipeline runs as a task that hands pieces over as they come; the caller closing
+        # the stream (or being cancelled) cancels it, and the ledger bills what was generated.
+        pieces: asyncio.Queue[Delta | None] = asyncio.Queue()
 
         async def attempt(progress: Progress) -> tuple[tuple[str, Delta | None], Outcome]:
             nonlocal shown
@@ -275,10 +278,6 @@ class RunContext:
                 (final.completion_tokens or 0) if final else 0,
                 (final.cached_prompt_tokens or 0) if final else 0,
                 final.served_by if final else None, progress.ttft_s)
-
-        # The pipeline runs as a task that hands pieces over as they come; the caller closing
-        # the stream (or being cancelled) cancels it, and the ledger bills what was generated.
-        pieces: asyncio.Queue[Delta | None] = asyncio.Queue()
 
         async def produce() -> tuple[str, Delta | None]:
             try:

@@ -164,6 +164,12 @@ class CutDocument(BaseModel):
     texts: list[str]
     exact: bool          # False = the character fallback (the backend cannot tokenize)
 
+    def layout(self) -> dict:
+        """How the document was cut, as every answer's details report it."""
+        return {"document_tokens": self.n_tokens, "exact_tokens": self.exact,
+                "chunk_tokens": self.chunk, "overlap_tokens": self.overlap,
+                "workers": len(self.spans), "spans": [list(s) for s in self.spans]}
+
 
 def _fallback_units(text: str) -> list[str]:
     step = FALLBACK_CHARS_PER_TOKEN
@@ -344,10 +350,11 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
     doc = await cut_document(ctx, worker, problem.context, chunk, overlap)
     worst = check_reading(doc, question, base, worker, manager, cfg, ctx)
     total = len(doc.spans)
-    chunk, overlap = doc.chunk, doc.overlap
     ctx.emit("chunked_plan", mode=cfg.mode, document_tokens=doc.n_tokens, workers=total,
-             chunk_tokens=chunk, overlap_tokens=overlap, exact_tokens=doc.exact,
+             chunk_tokens=doc.chunk, overlap_tokens=doc.overlap, exact_tokens=doc.exact,
              worst_case_tokens=worst)
+    if cfg.reduce == "confidence":
+        return await most_confident_report(question, doc, worker, cfg, ctx)
 
     def request(messages: tuple[Message, ...], max_tokens: int, stop: tuple[str, ...] = ()
                 ) -> GenerateRequest:
@@ -360,8 +367,6 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
         req = request(messages, cfg.worker_max_tokens, cfg.worker_stop)
         return (await ctx.generate(worker, req, f"worker{i}")).texts[0].strip()
 
-    if cfg.reduce == "confidence":
-        return await most_confident_report(question, doc, worker, cfg, ctx)
     if cfg.mode == "parallel":   # map: every chunk at once (the role's throttle bounds it)
         reports = list(await asyncio.gather(*(read(i) for i in range(total))))
         evidence = [judge(r, [doc.texts[i]], question, cfg) for i, r in enumerate(reports)]
@@ -395,10 +400,7 @@ async def read_document(problem: Problem, cfg: ChunkedConfig, ctx: RunContext) -
                                      "repaired": e.repaired})
                   for i, (r, e) in enumerate(zip(reports, evidence))]
     answer = Answer(text=text, answer=short_answer(text), candidates=candidates,
-                    details={"mode": cfg.mode, "evidence": cfg.evidence, "document_tokens": doc.n_tokens,
-                             "exact_tokens": doc.exact, "chunk_tokens": chunk,
-                             "overlap_tokens": overlap, "workers": total,
-                             "spans": [list(s) for s in doc.spans],
+                    details={"mode": cfg.mode, "evidence": cfg.evidence, **doc.layout(),
                              "found": [e.grounded for e in evidence],
                              "shown": [i for i, _ in fitted],
                              "left_out": len(shown) - len(fitted),
@@ -430,10 +432,7 @@ async def most_confident_report(question: str, doc: CutDocument, worker: Role,
                   for i, s in enumerate(samples)]
     answer_ = Answer(text=text, answer=short_answer(text), candidates=candidates,
                      details={"mode": cfg.mode, "reduce": "confidence", "evidence": "none",
-                              "document_tokens": doc.n_tokens, "exact_tokens": doc.exact,
-                              "chunk_tokens": doc.chunk, "overlap_tokens": doc.overlap,
-                              "workers": len(samples), "spans": [list(x) for x in doc.spans],
-                              "confidences": [round(x, 4) for x in scores], "shown": [best],
+                              **doc.layout(), "confidences": [round(x, 4) for x in scores], "shown": [best],
                               "manager_text": text, "answer_repairs": [],
                               "answered_by": f"worker {best} (most confident)"})
     ctx.publish_best(answer_)
