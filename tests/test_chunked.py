@@ -409,3 +409,24 @@ def test_reduce_confidence_without_log_probs_fails_in_one_line_before_any_call()
 def test_reduce_confidence_refuses_chain_of_agents():
     with pytest.raises(ValueError, match="reduce: confidence needs mode: parallel"):
         ChunkedConfig(mode="sequential", reduce="confidence")
+
+
+def test_reduce_confidence_reserves_no_manager_call_and_runs_within_what_it_reserves():
+    backend = ScriptedBackend(_guessing_reader, confidence=_sure_where_shown)
+    ctx, worker = reading_context(backend)
+    text, question = _document(40, 33), _problem("").question
+
+    def worst(**params) -> tuple[int, int, ChunkedConfig]:
+        cfg = ChunkedConfig(chunk_tokens=120, overlap_tokens=20, **params)
+        chunk, overlap, base = plan_reading(question, worker, cfg, "reader")
+        doc = asyncio.run(cut_document(ctx, worker, text, chunk, overlap))
+        return check_reading(doc, question, base, worker, worker, cfg, ctx), len(doc.spans), cfg
+
+    with_manager, workers, cfg = worst()
+    alone, _, _ = worst(reduce="confidence")
+    assert with_manager - alone >= cfg.manager_max_tokens + workers * cfg.worker_max_tokens
+    result = asyncio.run(run(chunked_graph(chunk_tokens=120, overlap_tokens=20,
+                                           reduce="confidence", worker_role="cheap"),
+                             _problem(text), reader_roles(backend),
+                             budget=BudgetSpec(tokens=alone)))
+    assert result.answer.text == "The code is 7391."

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from reasonloom.backends.base import Delta, Generation, GenerateRequest, Sample, TokenLogprob
 from reasonloom.backends.errors import BackendError, StreamCut
-from reasonloom.orchestrator.budget import Budget, BudgetExceeded
+from reasonloom.orchestrator.budget import Budget
 from reasonloom.orchestrator.cache import CacheMiss, RunStore, TieredStore, cache_key
 from reasonloom.orchestrator.events import EventBus
 from reasonloom.orchestrator.ledger import CallRecord, Ledger

@@ -257,6 +257,9 @@ def check_reading(doc: CutDocument, question: str, base: int, worker: Role, mana
     per_report = cfg.worker_max_tokens + EVIDENCE_LINE_TOKENS
     manager_base, room = manager_room(question, manager, cfg)
     shown = workers if cfg.mode == "parallel" else 1
+    manager_out = cfg.manager_max_tokens
+    if cfg.reduce == "confidence":     # no manager call: nothing of its window to check
+        manager_base, room, shown, manager_out = 0, None, 0, 0
     if room is not None:
         if room < per_report:
             raise DocumentTooLong(f"{where}: role {manager.name}'s window cannot hold one "
@@ -267,7 +270,7 @@ def check_reading(doc: CutDocument, question: str, base: int, worker: Role, mana
     manager_prompt = manager_base + shown * per_report
     worker_in = sum(base + e - s for s, e in doc.spans)
     worker_out = workers * cfg.worker_max_tokens
-    total = worker_in + worker_out + manager_prompt + cfg.manager_max_tokens
+    total = worker_in + worker_out + manager_prompt + manager_out
     budget = ctx.state.budget
     spec = budget.spec
     if spec.tokens is not None and budget.spent_tokens + total > spec.tokens:
@@ -276,7 +279,7 @@ def check_reading(doc: CutDocument, question: str, base: int, worker: Role, mana
             f"more than the {spec.tokens - budget.spent_tokens} left of the run's token budget "
             f"of {spec.tokens}")
     dollars = (worker.spec.cost(worker_in, worker_out)
-               + manager.spec.cost(manager_prompt, cfg.manager_max_tokens))
+               + manager.spec.cost(manager_prompt, manager_out))
     if spec.dollars is not None and budget.spent_dollars + dollars > spec.dollars:
         raise DocumentTooLong(
             f"{where}: {size}: reading it may cost ${dollars:.4f}, more than the "

