@@ -138,7 +138,8 @@ def done_rows(path: Path) -> dict[tuple, dict]:
 
 
 async def run_items(backend, plan: list[tuple[str, int, dict]], arms: list[str], window: int,
-                    chunk_tokens: int | None, concurrency: int, rows_path: Path) -> None:
+                    chunk_tokens: int | None, concurrency: int, rows_path: Path,
+                    model: str) -> None:
     """Every arm on one item, then the next (`concurrency` items in flight): a run cut short
     has all arms on the items it finished."""
     finished = done_rows(rows_path)
@@ -150,6 +151,7 @@ async def run_items(backend, plan: list[tuple[str, int, dict]], arms: list[str],
                 if (task, length, arm, item["id"]) in finished:
                     continue
                 row = await solve(backend, task, length, arm, item, window, chunk_tokens)
+                row["model"] = model
                 with rows_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(f"  {task}_{length} #{item['id']} {arm}: "
@@ -227,6 +229,7 @@ async def main(args) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     n = args.limit or args.items
     arms = args.arms
+    model = args.model if args.base_url else "SmolLM2-135M-Instruct (embedded)"
     t0 = time.monotonic()
     if not args.summarise:
         backend, window, chunk_tokens = make_backend(args)
@@ -237,15 +240,20 @@ async def main(args) -> None:
               f"{chunk_tokens or 'node default'}, rows {rows_path}", flush=True)
         try:
             await run_items(backend, plan, arms, window, chunk_tokens, args.concurrency,
-                            rows_path)
+                            rows_path, model)
         finally:
             if not args.base_url:
                 from reasonloom.backends.vllm.engine import shutdown_engines
 
                 shutdown_engines()
-    summary = summarise(done_rows(rows_path), args.tasks, args.lengths, arms)
-    summary.update({"seed": args.seed, "machine": machine(), "model": args.model if args.base_url else
-                    "SmolLM2-135M-Instruct (embedded)", "base_url": args.base_url,
+    rows = done_rows(rows_path)
+    summary = summarise(rows, args.tasks, args.lengths, arms)
+    # the rows say which model wrote them; rows from before they did take this run's model
+    models = sorted({r.get("model", model) for r in rows.values()
+                     if r["task"] in args.tasks and r["length"] in args.lengths
+                     and r["arm"] in arms})
+    summary.update({"seed": args.seed, "machine": machine(), "model": ", ".join(models),
+                    "base_url": args.base_url,
                     "tasks": {t: TASKS[t] for t in args.tasks}, "items_per_set": n,
                     "smoke": smoke, "wall_s": round(time.monotonic() - t0, 1),
                     "grading": "gold value is a substring of the answer; unrepaired = the "
