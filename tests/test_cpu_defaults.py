@@ -25,7 +25,7 @@ def test_role_binding_beats_the_environment_which_beats_every_core(monkeypatch):
 
 
 def test_cpu_settings_default_to_eager_and_keep_the_binding_out_of_vllms_arguments(monkeypatch):
-    monkeypatch.setattr(cpu_defaults, "_is_cpu", lambda: True)
+    monkeypatch.setattr(cpu_defaults, "on_cpu_platform", lambda: True)
     args, env, start_env = cpu_defaults.cpu_engine_settings({"max_model_len": 4096,
                                                              "cpu_threads_bind": "nobind"})
     assert args == {"max_model_len": 4096, "enforce_eager": True,
@@ -41,12 +41,12 @@ def test_cpu_settings_default_to_eager_and_keep_the_binding_out_of_vllms_argumen
 
 
 def test_an_unknown_start_method_is_one_clear_error(monkeypatch):
-    monkeypatch.setattr(cpu_defaults, "_is_cpu", lambda: True)
+    monkeypatch.setattr(cpu_defaults, "on_cpu_platform", lambda: True)
     with pytest.raises(ValueError, match="engine_start must be fork or spawn, not 'thread'"):
         cpu_defaults.cpu_engine_settings({"engine_start": "thread"})
 
 
 def test_gpu_settings_keep_vllms_compiled_default_and_start_method(monkeypatch):
-    monkeypatch.setattr(cpu_defaults, "_is_cpu", lambda: False)
+    monkeypatch.setattr(cpu_defaults, "on_cpu_platform", lambda: False)
     settings = cpu_defaults.cpu_engine_settings({})
     assert "enforce_eager" not in settings.args and settings.start_env == {}

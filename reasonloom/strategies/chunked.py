@@ -435,7 +435,8 @@ async def most_confident_report(question: str, doc: CutDocument, worker: Role,
                   for i, s in enumerate(samples)]
     answer_ = Answer(text=text, answer=short_answer(text), candidates=candidates,
                      details={"mode": cfg.mode, "reduce": "confidence", "evidence": "none",
-                              **doc.layout(), "confidences": [round(x, 4) for x in scores], "shown": [best],
+                              **doc.layout(), "confidences": [round(x, 4) for x in scores],
+                              "shown": [best],
                               "manager_text": text, "answer_repairs": [],
                               "answered_by": f"worker {best} (most confident)"})
     ctx.publish_best(answer_)

@@ -58,12 +58,13 @@ def threads_bind(value: str | None = None) -> str:
     return all_cores() if chosen == "all" else chosen
 
 
-def _is_cpu() -> bool:
+def on_cpu_platform() -> bool:
+    """Whether vLLM runs on its CPU platform here (False without vLLM)."""
     try:
         from vllm.platforms import current_platform
 
         return bool(current_platform.is_cpu())
-    except Exception:   # no vLLM here: nothing to default
+    except Exception:   # no vLLM here (or another build): nothing to default or fix
         return False
 
 
@@ -83,7 +84,7 @@ def cpu_engine_settings(engine_args: dict[str, Any]) -> CpuSettings:
     start = args.pop(START_KEY, None)
     if start not in (None, "fork", "spawn"):
         raise ValueError(f"engine: {START_KEY} must be fork or spawn, not {start!r}")
-    if _is_cpu():
+    if on_cpu_platform():
         args.setdefault("enforce_eager", True)
         if args.get("tensor_parallel_size", 1) == 1 and \
                 args.setdefault(EXECUTOR_KEY, "uni") == "uni":

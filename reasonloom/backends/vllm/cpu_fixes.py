@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from reasonloom.backends.vllm.cpu_defaults import on_cpu_platform
+
 
 def expand_kernel_impl(output: Any, input_val: Any, cu_num_tokens: Any, replace_from: Any,
                        replace_to: Any, MAX_NUM_TOKENS: Any = None) -> None:  # noqa: N803
@@ -82,24 +84,16 @@ def _loaded_already(self: Any, vllm_config: Any) -> None:
 def register_compilation_loader() -> None:
     """vLLM general plugin (its own entry point, so a benchmark can start an engine without
     it): let a saved compilation load on the CPU platform."""
-    try:
-        from vllm.platforms import current_platform
-
-        if not current_platform.is_cpu():
-            return
-    except Exception:   # another vLLM build: nothing to fix
-        return
-    load_saved_compilation()
+    if on_cpu_platform():
+        load_saved_compilation()
 
 
 def register() -> None:
     """vLLM general plugin: swap in the dtype-preserving expand on the CPU platform, and skip
     the generator rewind the CPU worker cannot do."""
+    if not on_cpu_platform():
+        return
     try:
-        from vllm.platforms import current_platform
-
-        if not current_platform.is_cpu():
-            return
         from vllm.utils import cpu_triton_utils
     except Exception:   # another vLLM build: nothing to fix
         return
@@ -119,12 +113,11 @@ KERNEL = "vllm.v1.sample.rejection_sampler.expand_kernel"
 def ensure_fixed() -> None:
     """In a running worker (the platform's stand-ins already registered): register ours."""
     register()
+    if not on_cpu_platform():
+        return
     try:
-        from vllm.platforms import current_platform
         from vllm.triton_utils import dispatcher
 
-        if not current_platform.is_cpu():
-            return
         current = dispatcher._registry.get(KERNEL)
         if current is not None and not getattr(current[1], "reasonloom_fixed", False):
             dispatcher.register_kernels({KERNEL: expand_kernel_impl})
