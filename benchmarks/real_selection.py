@@ -58,8 +58,10 @@ JUDGE_TOKENS = 12      # V1 ratings only: "Rating A: 7\nRating B: 3" and no more
 # V1's judge: "rating" (the shipped recipe's ratings-only judge) or "logprob" (P("A") vs
 # P("B"), nothing generated). A smoke run of 2 report problems with "rating" got "Rating A: 1,
 # Rating B: 1" for all 48 comparisons (real_selection_rows_smoke_rating_judge.jsonl): qwen05
-# writes the same rating whatever it reads, so the choice is made on the tuning split.
-SETTINGS = {"v1_judge_mode": "rating"}
+# writes the same rating whatever it reads. On the tuning split (gsm8k 0-19,
+# real_selection_tune_v1logprob.json) "logprob" gives verdicts, though at chance on mixed pairs;
+# it is the setting the report split runs with (chosen before any report problem was judged).
+SETTINGS = {"v1_judge_mode": "logprob"}
 ROWS = RESULTS / "real_selection_rows.jsonl"
 NODES = {"pointwise_judge": "judge", "mean_logprob": "logprob", "v1_tournament": "v1"}
 SCORED = ("judge", "logprob", "v1")   # the scoring nodes, named as their scores
