@@ -166,6 +166,9 @@ def majority_right(answers: list, right: list[bool]) -> bool:
 def summarise(rows: dict, problems: list[dict]) -> dict:
     ids = [p["id"] for p in problems if all((a, p["id"]) in rows for a in (*ARMS, "sc"))]
     n = len(ids)
+    if not n:
+        raise SystemExit("real_evolve: no problem has finished all three arms yet: nothing to "
+                         "summarise")
     acc = {a: np.array([rows[(a, i)]["correct"] for i in ids]) for a in ARMS}
     dollars = {a: sum(rows[(a, i)]["usage"]["cost_usd"] for i in ids) for a in ARMS}
     sc_rows = [rows[("sc", i)] for i in ids]
@@ -181,12 +184,23 @@ def summarise(rows: dict, problems: list[dict]) -> dict:
         members = [m for i in ids for m in rows[("squeeze", i)]["final_population"]
                    if m["role"] == role]
         if members:
-            population[role] = {"members": len(members),
-                                "right_share": round(np.mean([m["right"] for m in members]), 4),
-                                "answered_share": round(np.mean([m["answered"] for m in members]),
-                                                        4)}
+            population[role] = {"members": len(members), **{
+                f"{what}_share": round(float(np.mean([m[what] for m in members])), 4)
+                for what in ("right", "answered")}}
     by_role = {role: round(sum(rows[("squeeze", i)]["by_role"].get(role, {}).get("cost_usd", 0)
                                for i in ids) / n, 8) for role in PRICES}
+    # Loop 1's share of Qwen-only's $: squeeze's strong $ = loop 1 + s recombinations and
+    # qwen_only's = loop 1 + R, so one recombination costs their difference / (R - s)
+    # (an estimate: it takes a problem's recombinations to cost alike).
+    recombinations = (EVOLVE["loops"] - 1) * EVOLVE["population"]
+    loop1 = []
+    for i in ids:
+        squeeze, single = rows[("squeeze", i)], rows[("qwen_only", i)]
+        routed = squeeze["routing"].get("strong", 0)
+        if routed < recombinations:
+            each = (single["usage"]["cost_usd"]
+                    - squeeze["by_role"]["strong"]["cost_usd"]) / (recombinations - routed)
+            loop1.append(1 - recombinations * each / single["usage"]["cost_usd"])
     out = {"problems": n,
            "acc_squeeze": round(float(acc["squeeze"].mean()), 4),
            "acc_single_strong": round(float(acc["qwen_only"].mean()), 4),
@@ -196,6 +210,8 @@ def summarise(rows: dict, problems: list[dict]) -> dict:
            "cost_ratio": round(dollars["squeeze"] / dollars["qwen_only"], 4),
            "dollars_per_problem": {a: round(d / n, 8) for a, d in dollars.items()},
            "squeeze_dollars_by_role_per_problem": by_role,
+           "loop1_share_of_qwen_only_dollars_est": round(float(np.mean(loop1)), 4)
+           if loop1 else None,
            "squeeze_scoring_dollars_per_problem": round(
                sum(rows[("squeeze", i)]["scoring_cost_usd"] for i in ids) / n, 8),
            "routing": dict(routing),
