@@ -271,6 +271,9 @@ if __name__ == "__main__":
     parser.add_argument("--at-once", type=int, default=2, help="problems in flight")
     parser.add_argument("--summarise", action="store_true", help="only summarise the rows")
     ns = parser.parse_args()
+    if ns.settings:
+        parser.error("--settings: real_evolve's settings are fixed (EVOLVE); there is nothing to "
+                     "override")
     if ns.quick:
         ns.problems = min(ns.problems, 20)
     asyncio.run(main(ns))
