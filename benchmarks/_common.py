@@ -64,3 +64,12 @@ def read_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.open() if line.strip()]
+
+
+def billed(usage) -> dict:
+    """A usage total (reasonloom's Usage) with calls replayed from a shared cache priced at what
+    they cost when they were made: a pooled sample is not free for the method that reads it."""
+    return {"calls": usage.calls, "cached_calls": usage.cached_calls,
+            "prompt_tokens": usage.prompt_tokens + usage.replayed_prompt_tokens,
+            "completion_tokens": usage.completion_tokens + usage.replayed_completion_tokens,
+            "cost_usd": usage.cost_usd + usage.replayed_cost_usd}

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks._common import (RESULTS, add_pool_arguments, machine, print_table,  # noqa: E402
-                                read_rows, write_result)
+from benchmarks._common import (RESULTS, add_pool_arguments, billed, machine,  # noqa: E402
+                                print_table, read_rows, write_result)
 from benchmarks.adaptive import COMMON, load_problems, paired_ci  # noqa: E402
 from benchmarks.evolve_sim import PRICES  # noqa: E402
 from reasonloom.backends.openai import OpenAIBackend  # noqa: E402
@@ -49,8 +49,8 @@ from reasonloom.orchestrator.cache import SharedCache  # noqa: E402
 from reasonloom.orchestrator.graph import Graph  # noqa: E402
 from reasonloom.orchestrator.roles import Role, Roles, RoleSpec  # noqa: E402
 from reasonloom.orchestrator.scheduler import run  # noqa: E402
-from reasonloom.orchestrator.types import Problem  # noqa: E402
-from reasonloom.verifiers.answers import canonical  # noqa: E402
+from reasonloom.orchestrator.types import Candidate, Problem  # noqa: E402
+from reasonloom.verifiers.answers import majority_answer  # noqa: E402
 
 EVOLVE = {"population": 4, "group_size": 2, "loops": 4, "cut_points": [10.0],
           "temperature": COMMON["temperature"], "max_tokens": COMMON["max_tokens"],
@@ -71,14 +71,6 @@ def roles_for(args: argparse.Namespace, cheap_backend) -> Roles:
                                       price_out_per_m=PRICES[name][1], concurrency=64),
                              backends[name]) for name in ("strong", "cheap")},
                  order=["strong", "cheap"])
-
-
-def spent(usage) -> dict:
-    """A usage total with replayed calls priced at what they cost when they were made."""
-    return {"calls": usage.calls, "cached_calls": usage.cached_calls,
-            "prompt_tokens": usage.prompt_tokens + usage.replayed_prompt_tokens,
-            "completion_tokens": usage.completion_tokens + usage.replayed_completion_tokens,
-            "cost_usd": usage.cost_usd + usage.replayed_cost_usd}
 
 
 async def solve_arm(arm: str, row: dict, roles: Roles, cache: SharedCache, split: str) -> dict:
@@ -103,8 +95,8 @@ async def solve_arm(arm: str, row: dict, roles: Roles, cache: SharedCache, split
         return grade("numeric", text, answer, row["answer"])
 
     out = {"split": split, "arm": arm, "id": row["id"], "gold": row["answer"],
-           "usage": spent(result.usage.total),
-           "by_role": {r: spent(u) for r, u in result.usage.by_model.items()},
+           "usage": billed(result.usage.total),
+           "by_role": {r: billed(u) for r, u in result.usage.by_model.items()},
            "scoring_cost_usd": sum(scoring), "wall_s": round(time.monotonic() - t0, 2)}
     if arm == "sc":
         samples = result.outputs["samples"]["candidates"]
@@ -153,14 +145,13 @@ async def run_problems(problems: list[dict], roles: Roles, cache: SharedCache, a
 
 
 def majority_right(answers: list, right: list[bool]) -> bool:
-    """Majority over extracted answers, ties to the first seen (as the vote nodes)."""
-    counts = Counter(canonical(a) for a in answers if a is not None)
-    if not counts:
+    """Whether the vote nodes' majority (majority_answer: ties to the first seen) over these
+    recorded answers is right: the right-ness of its first supporter."""
+    candidates = [Candidate(text="", answer=a) for a in answers]
+    _, supporters = majority_answer(candidates)
+    if not supporters:
         return False
-    top = max(counts.values())
-    first = next(i for i, a in enumerate(answers)
-                 if a is not None and counts[canonical(a)] == top)
-    return bool(right[first])
+    return bool(right[next(i for i, c in enumerate(candidates) if c is supporters[0])])
 
 
 def summarise(rows: dict, problems: list[dict]) -> dict:

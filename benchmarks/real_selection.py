@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (RESULTS, add_pool_arguments, machine, print_table,  # noqa: E402
-                                read_rows, write_result)
+from benchmarks._common import (RESULTS, add_pool_arguments, billed, machine,  # noqa: E402
+                                print_table, read_rows, write_result)
 from benchmarks.adaptive import COMMON, load_problems, paired_ci, pool_roles  # noqa: E402
 from benchmarks.confidence_signal import auroc  # noqa: E402
 from benchmarks.selection_real import _scores_in_sample_order  # noqa: E402
@@ -97,10 +97,7 @@ def usage_of(result, node: str) -> dict:
     u = result.usage.by_node.get(node)
     if u is None:
         return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
-    return {"calls": u.calls, "cached_calls": u.cached_calls,
-            "prompt_tokens": u.prompt_tokens + u.replayed_prompt_tokens,
-            "completion_tokens": u.completion_tokens + u.replayed_completion_tokens,
-            "cost_usd": u.cost_usd + u.replayed_cost_usd}
+    return billed(u)
 
 
 async def solve(row: dict, roles: Roles, cache: SharedCache, split: str, settings: dict
